@@ -1,0 +1,478 @@
+//! Catch-up: hand a loaded target over to native MariaDB replication at the
+//! snapshot's GTID, and wait until it has caught up with the master.
+//!
+//! 1. The master must still hold the binlogs from the snapshot's position:
+//!    the snapshot's binlog file must be listed by `SHOW BINARY LOGS` and
+//!    `BINLOG_GTID_POS()` at that offset must give the snapshot's GTID (a
+//!    `RESET MASTER` since the snapshot fails this). Otherwise
+//!    [`CatchupError::BinlogPurged`]: a newer snapshot is needed.
+//! 2. The target must hold a completed load of that snapshot.
+//! 3. `SET GLOBAL gtid_slave_pos`, `CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`,
+//!    `START SLAVE`. The hand-off is recorded on the target before the
+//!    replica starts, so that running catch-up again never rewinds a replica
+//!    that has moved on: it only checks and waits.
+//! 4. The master's `gtid_binlog_pos` at the start is the goal; the replica
+//!    is polled (`MASTER_GTID_WAIT`, `SHOW SLAVE STATUS`) until it reaches
+//!    it. A replication error stops the wait with the replica's own message.
+
+#![warn(missing_docs)]
+
+pub mod verify;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+use replseed_stage::manifest::Manifest;
+use replseed_stage::sql::{quote_str, DbError, Server};
+use tracing::info;
+
+/// Everything that can stop a catch-up.
+#[derive(Debug, thiserror::Error)]
+pub enum CatchupError {
+    /// Talking to a server failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The master no longer has the binlogs from the snapshot's position.
+    #[error("{server}: the binary logs from the snapshot's position ({file}:{pos}, GTID '{gtid}') were purged or reset on the master ({detail}); take a newer snapshot with `replseed extract` and load it")]
+    BinlogPurged {
+        /// Master name.
+        server: String,
+        /// Snapshot binlog file.
+        file: String,
+        /// Snapshot binlog position.
+        pos: u64,
+        /// Snapshot GTID.
+        gtid: String,
+        /// What the master has.
+        detail: String,
+    },
+    /// The target has not completed a load of the snapshot.
+    #[error("{server}: snapshot {snapshot} is not completely loaded here ({detail}); run `replseed load` first")]
+    NotLoaded {
+        /// Target name.
+        server: String,
+        /// Snapshot id.
+        snapshot: String,
+        /// What was found.
+        detail: String,
+    },
+    /// The target cannot replicate as asked.
+    #[error("{server}: {detail}")]
+    Setup {
+        /// Target name.
+        server: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// Replication broke while catching up.
+    #[error("{server}: replication stopped: {detail}; fix the cause on the replica, then run catchup again")]
+    Replication {
+        /// Target name.
+        server: String,
+        /// IO and SQL thread errors.
+        detail: String,
+    },
+    /// The replica did not catch up in time.
+    #[error("{server}: not caught up after {secs} s (at '{at}', goal '{goal}'); it keeps replicating: run catchup again to keep waiting")]
+    Timeout {
+        /// Target name.
+        server: String,
+        /// Seconds waited.
+        secs: u64,
+        /// Replica's gtid_slave_pos.
+        at: String,
+        /// Goal.
+        goal: String,
+    },
+    /// Interrupted.
+    #[error("interrupted; the replica keeps replicating on its own")]
+    Interrupted,
+}
+
+/// A validated catch-up request.
+#[derive(Debug, Clone)]
+pub struct CatchupPlan {
+    /// The master.
+    pub source: Server,
+    /// The loaded target.
+    pub target: Server,
+    /// The snapshot loaded into the target.
+    pub manifest: std::sync::Arc<Manifest>,
+    /// Replication user on the master.
+    pub replication_user: String,
+    /// Its password.
+    pub replication_password: String,
+    /// Master host as the replica reaches it.
+    pub master_host: String,
+    /// Master port as the replica reaches it.
+    pub master_port: u16,
+    /// Give up after this long (`None`: wait as long as it takes).
+    pub timeout: Option<Duration>,
+}
+
+/// Live state, for progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Human-readable state.
+    pub state: std::sync::Mutex<String>,
+    /// Seconds behind the master, as the replica reports.
+    pub behind: std::sync::atomic::AtomicU64,
+}
+
+/// Result of a catch-up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CatchupReport {
+    /// Target `host:port`.
+    pub target: String,
+    /// GTID replication started from (the snapshot's).
+    pub gtid_start: String,
+    /// The master's position at the start of the catch-up (the goal).
+    pub gtid_goal: String,
+    /// The replica's `gtid_slave_pos` at the end.
+    pub gtid_reached: String,
+    /// Whether replication was configured by this run (false: it already was).
+    pub configured: bool,
+    /// Both replication threads running.
+    pub replicating: bool,
+    /// Caught up with the goal.
+    pub caught_up: bool,
+    /// Seconds.
+    pub elapsed_s: f64,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => String::new(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn first(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Value>, DbError> {
+    let r: Option<Row> = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{sql}`"), &e))?;
+    Ok(r.map(|r| r.unwrap()).unwrap_or_default())
+}
+
+async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbError> {
+    conn.query_drop(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{}`", hide_password(sql)), &e))
+}
+
+fn hide_password(sql: &str) -> String {
+    match sql.find("MASTER_PASSWORD=") {
+        Some(i) => {
+            let rest = &sql[i + 16..];
+            let end = rest.find(", ").map(|e| i + 16 + e).unwrap_or(sql.len());
+            format!("{}MASTER_PASSWORD='***'{}", &sql[..i], &sql[end..])
+        }
+        None => sql.to_string(),
+    }
+}
+
+/// `SHOW SLAVE STATUS` as a map (empty when no replication is configured).
+pub async fn slave_status(
+    conn: &mut Conn,
+    server: &Server,
+) -> Result<HashMap<String, String>, DbError> {
+    let rows: Vec<Row> = conn
+        .query("SHOW SLAVE STATUS")
+        .await
+        .map_err(|e| server.err("SHOW SLAVE STATUS", &e))?;
+    let mut out = HashMap::new();
+    if let Some(r) = rows.into_iter().next() {
+        let cols = r.columns();
+        for (i, v) in r.unwrap().iter().enumerate() {
+            out.insert(cols[i].name_str().to_string(), text(v));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the master still serves the snapshot's position.
+pub async fn check_binlogs(
+    conn: &mut Conn,
+    server: &Server,
+    m: &Manifest,
+) -> Result<(), CatchupError> {
+    let logs: Vec<Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| server.err("SHOW BINARY LOGS", &e))?;
+    let names: Vec<String> = logs.into_iter().map(|r| text(&r.unwrap()[0])).collect();
+    let purged = |detail: String| CatchupError::BinlogPurged {
+        server: server.name(),
+        file: m.position.binlog_file.clone(),
+        pos: m.position.binlog_pos,
+        gtid: m.position.gtid.clone(),
+        detail,
+    };
+    if !names.contains(&m.position.binlog_file) {
+        return Err(purged(format!(
+            "its oldest binary log is {}",
+            names.first().cloned().unwrap_or_else(|| "none".into())
+        )));
+    }
+    let g = first(
+        conn,
+        server,
+        &format!(
+            "SELECT BINLOG_GTID_POS({}, {})",
+            quote_str(&m.position.binlog_file),
+            m.position.binlog_pos
+        ),
+    )
+    .await?;
+    let at = g.first().map(text);
+    if at.as_deref() != Some(m.position.gtid.as_str()) {
+        return Err(purged(format!(
+            "at that offset the master now has GTID '{}': its binary log was reset or replaced since the snapshot",
+            at.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a catch-up.
+pub async fn run(
+    plan: CatchupPlan,
+    progress: std::sync::Arc<Progress>,
+    cancel: impl std::future::Future<Output = ()> + Send,
+) -> Result<CatchupReport, CatchupError> {
+    tokio::select! {
+        r = run_inner(&plan, &progress) => r,
+        _ = cancel => Err(CatchupError::Interrupted),
+    }
+}
+
+fn set_state(p: &Progress, s: impl Into<String>) {
+    *p.state.lock().expect("state") = s.into();
+}
+
+async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupReport, CatchupError> {
+    let started = Instant::now();
+    let m = &plan.manifest;
+    let (src, tgt) = (&plan.source, &plan.target);
+    set_state(progress, "checking the master's binlogs");
+    let mut master = src.connect(&[]).await?;
+    check_binlogs(&mut master, src, m).await?;
+    let master_id = text(&first(&mut master, src, "SELECT @@server_id").await?[0]);
+
+    let mut replica = tgt.connect(&["SET SESSION sql_log_bin=0"]).await?;
+    let r = first(&mut replica, tgt, "SELECT @@server_id, @@gtid_slave_pos").await?;
+    if text(&r[0]) == master_id {
+        return Err(CatchupError::Setup {
+            server: tgt.name(),
+            detail: format!(
+                "its server_id {master_id} equals the master's; give the replica its own server_id"
+            ),
+        });
+    }
+    let loaded: Vec<Row> = replica
+        .query(format!(
+            "SELECT status FROM replseed.load_runs WHERE snapshot={}",
+            quote_str(&m.snapshot)
+        ))
+        .await
+        .unwrap_or_default();
+    let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
+    let configured = match status.as_deref() {
+        Some("done") => {
+            configure(&mut replica, plan).await?;
+            true
+        }
+        Some("replicating") => {
+            // Configured by an earlier run: never rewind; just make sure it runs.
+            let st = slave_status(&mut replica, tgt).await?;
+            if st
+                .get("Slave_SQL_Running")
+                .map(|s| s != "Yes")
+                .unwrap_or(true)
+                || st
+                    .get("Slave_IO_Running")
+                    .map(|s| s == "No")
+                    .unwrap_or(true)
+            {
+                exec(&mut replica, tgt, "START SLAVE").await?;
+            }
+            false
+        }
+        Some(other) => {
+            return Err(CatchupError::NotLoaded {
+                server: tgt.name(),
+                snapshot: m.snapshot.clone(),
+                detail: format!("the load is in state `{other}`"),
+            })
+        }
+        None => {
+            return Err(CatchupError::NotLoaded {
+                server: tgt.name(),
+                snapshot: m.snapshot.clone(),
+                detail: "no load of it is recorded in replseed.load_runs".into(),
+            })
+        }
+    };
+
+    // The goal: where the master is now.
+    let goal = text(&first(&mut master, src, "SELECT @@GLOBAL.gtid_binlog_pos").await?[0]);
+    let _ = master.disconnect().await;
+    info!(target = %tgt.addr(), %goal, "waiting for the replica to catch up");
+    let mut io_down_since: Option<Instant> = None;
+    loop {
+        if let Some(t) = plan.timeout {
+            if started.elapsed() > t {
+                let at =
+                    text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos").await?[0]);
+                return Err(CatchupError::Timeout {
+                    server: tgt.name(),
+                    secs: t.as_secs(),
+                    at,
+                    goal,
+                });
+            }
+        }
+        let reached = if goal.is_empty() {
+            true
+        } else {
+            let r = first(
+                &mut replica,
+                tgt,
+                &format!("SELECT MASTER_GTID_WAIT({}, 1)", quote_str(&goal)),
+            )
+            .await?;
+            text(&r[0]) == "0"
+        };
+        let st = slave_status(&mut replica, tgt).await?;
+        let get = |k: &str| st.get(k).cloned().unwrap_or_default();
+        let sql_running = get("Slave_SQL_Running") == "Yes";
+        let io_running = get("Slave_IO_Running");
+        let io_err = get("Last_IO_Error");
+        let sql_err = get("Last_SQL_Error");
+        if !sql_running && !sql_err.is_empty() {
+            return Err(CatchupError::Replication {
+                server: tgt.name(),
+                detail: format!("SQL thread error {}: {sql_err}", get("Last_SQL_Errno")),
+            });
+        }
+        if get("Last_IO_Errno") == "1236" {
+            return Err(CatchupError::BinlogPurged {
+                server: src.name(),
+                file: m.position.binlog_file.clone(),
+                pos: m.position.binlog_pos,
+                gtid: m.position.gtid.clone(),
+                detail: format!("the replica's IO thread reports: {io_err}"),
+            });
+        }
+        if io_running != "Yes" && !io_err.is_empty() {
+            let since = *io_down_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: format!(
+                        "IO thread cannot read from the master (error {}): {io_err}",
+                        get("Last_IO_Errno")
+                    ),
+                });
+            }
+        } else {
+            io_down_since = None;
+        }
+        if !sql_running && sql_err.is_empty() {
+            return Err(CatchupError::Replication {
+                server: tgt.name(),
+                detail: "the SQL thread is stopped (someone ran STOP SLAVE?)".into(),
+            });
+        }
+        let behind = get("Seconds_Behind_Master");
+        progress.behind.store(
+            behind.parse().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        set_state(
+            progress,
+            format!(
+                "replica at '{}', goal '{goal}', {behind} s behind",
+                get("Gtid_Slave_Pos")
+            ),
+        );
+        if reached && sql_running && io_running == "Yes" {
+            break;
+        }
+        if reached && io_running != "Yes" {
+            // Caught up, but the IO thread must be connected to call it replicating.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let reached = text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos").await?[0]);
+    let _ = replica.disconnect().await;
+    Ok(CatchupReport {
+        target: tgt.addr(),
+        gtid_start: m.position.gtid.clone(),
+        gtid_goal: goal,
+        gtid_reached: reached,
+        configured,
+        replicating: true,
+        caught_up: true,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), CatchupError> {
+    let tgt = &plan.target;
+    let m = &plan.manifest;
+    exec(replica, tgt, "STOP SLAVE").await?;
+    exec(replica, tgt, "RESET SLAVE ALL").await?;
+    let set = format!("SET GLOBAL gtid_slave_pos={}", quote_str(&m.position.gtid));
+    replica.query_drop(set.as_str()).await.map_err(|e| CatchupError::Setup {
+        server: tgt.name(),
+        detail: format!(
+            "{set} failed ({}); the target's own binary log has GTIDs that conflict with the master's: on a fresh replica run RESET MASTER, then catchup again",
+            replseed_stage::sql::describe(&e).0
+        ),
+    })?;
+    exec(
+        replica,
+        tgt,
+        &format!(
+            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5",
+            quote_str(&plan.master_host),
+            plan.master_port,
+            quote_str(&plan.replication_user),
+            quote_str(&plan.replication_password)
+        ),
+    )
+    .await?;
+    // Recorded before START SLAVE: a re-run must not set gtid_slave_pos back.
+    exec(
+        replica,
+        tgt,
+        &format!(
+            "UPDATE replseed.load_runs SET status='replicating' WHERE snapshot={}",
+            quote_str(&m.snapshot)
+        ),
+    )
+    .await?;
+    exec(replica, tgt, "START SLAVE").await?;
+    info!(target = %tgt.addr(), gtid = %m.position.gtid, master = %format!("{}:{}", plan.master_host, plan.master_port), "replication started");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            super::hide_password(
+                "CHANGE MASTER TO MASTER_PASSWORD='s3cret', MASTER_USE_GTID=slave_pos"
+            ),
+            "CHANGE MASTER TO MASTER_PASSWORD='***', MASTER_USE_GTID=slave_pos"
+        );
+    }
+}

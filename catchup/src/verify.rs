@@ -1,0 +1,449 @@
+//! Verify: compare a master and a replica at one consistent point.
+//!
+//! A master under writes never stands still, so the comparison pins both
+//! sides to the same GTID:
+//!
+//! 1. The replica's replication is stopped.
+//! 2. The master opens `START TRANSACTION WITH CONSISTENT SNAPSHOT`; its
+//!    `Binlog_snapshot_file/position` gives the GTID `G` of that view.
+//! 3. The replica runs `START SLAVE UNTIL master_gtid_pos='G'` and stops
+//!    exactly at `G`.
+//! 4. Every table is hashed on both sides (row count plus an
+//!    order-independent hash of every row, history rows included), and the
+//!    DDL of every object is compared.
+//! 5. Replication is started again.
+//!
+//! When the target is not replicating, both sides are compared as they
+//! are, each inside a consistent snapshot; writes to the master then show
+//! up as differences.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+use replseed_stage::sql::{qualified, quote_ident, quote_str, DbError, Server};
+use tracing::info;
+
+use crate::{slave_status, CatchupError};
+
+/// A verify request.
+#[derive(Debug, Clone)]
+pub struct VerifyPlan {
+    /// The master.
+    pub source: Server,
+    /// The replica.
+    pub target: Server,
+    /// Databases to compare (`None`: all non-system databases of the master).
+    pub databases: Option<Vec<String>>,
+    /// How long to wait for the replica to reach the master's GTID.
+    pub timeout: Duration,
+}
+
+/// What verify found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    /// How the two sides were pinned.
+    pub method: String,
+    /// The GTID both sides were compared at (when replicating).
+    pub gtid: Option<String>,
+    /// Databases compared.
+    pub databases: Vec<String>,
+    /// Tables compared.
+    pub tables: u64,
+    /// Rows on the master.
+    pub rows: u64,
+    /// Objects whose DDL was compared.
+    pub objects: u64,
+    /// Differences, one line each. Empty: identical.
+    pub differences: Vec<String>,
+    /// Seconds.
+    pub elapsed_s: f64,
+}
+
+const SYSTEM: &[&str] = &[
+    "mysql",
+    "information_schema",
+    "performance_schema",
+    "sys",
+    "replseed",
+];
+
+const SESSION: &[&str] = &[
+    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    "SET SESSION time_zone='+00:00'",
+    "SET SESSION character_set_results=utf8mb4",
+    "SET SESSION max_statement_time=0",
+    "SET SESSION net_write_timeout=3600",
+];
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => "NULL".to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn rows(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Vec<Value>>, DbError> {
+    let r: Vec<Row> = conn.query(sql).await.map_err(|e| {
+        server.err(
+            format!("running `{}`", sql.chars().take(160).collect::<String>()),
+            &e,
+        )
+    })?;
+    Ok(r.into_iter().map(|r| r.unwrap()).collect())
+}
+
+/// Objects of a database: (kind, name) -> SHOW CREATE text (normalized).
+async fn objects(
+    conn: &mut Conn,
+    server: &Server,
+    db: &str,
+) -> Result<BTreeMap<(String, String), String>, DbError> {
+    let q = quote_str(db);
+    let mut out = BTreeMap::new();
+    let mut list: Vec<(String, String)> = Vec::new();
+    for r in rows(
+        conn,
+        server,
+        &format!(
+            "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA={q}"
+        ),
+    )
+    .await?
+    {
+        let kind = match text(&r[1]).as_str() {
+            "VIEW" => "VIEW",
+            "SEQUENCE" => "SEQUENCE",
+            _ => "TABLE",
+        };
+        list.push((kind.into(), text(&r[0])));
+    }
+    for r in rows(
+        conn,
+        server,
+        &format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={q}"),
+    )
+    .await?
+    {
+        list.push(("TRIGGER".into(), text(&r[0])));
+    }
+    for r in rows(conn, server, &format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA={q}")).await? {
+        list.push((text(&r[1]), text(&r[0])));
+    }
+    for r in rows(
+        conn,
+        server,
+        &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={q}"),
+    )
+    .await?
+    {
+        list.push(("EVENT".into(), text(&r[0])));
+    }
+    for (kind, name) in list {
+        let r = rows(
+            conn,
+            server,
+            &format!("SHOW CREATE {kind} {}", qualified(db, &name)),
+        )
+        .await?;
+        let col = match kind.as_str() {
+            "TRIGGER" | "PROCEDURE" | "FUNCTION" | "PACKAGE" | "PACKAGE BODY" => 2,
+            "EVENT" => 3,
+            _ => 1,
+        };
+        let ddl = r
+            .first()
+            .and_then(|r| r.get(col))
+            .map(text)
+            .unwrap_or_default();
+        out.insert((kind, name), normalize(&ddl));
+    }
+    Ok(out)
+}
+
+/// Removes what legitimately differs between a master and its replica:
+/// the AUTO_INCREMENT counter (rolled-back inserts move it on the master
+/// only) and the replica-side disabling of events.
+pub fn normalize(ddl: &str) -> String {
+    let mut s = ddl.replace(" DISABLE ON SLAVE", " ENABLE");
+    while let Some(i) = s.find(" AUTO_INCREMENT=") {
+        let rest = &s[i + 16..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        s = format!("{}{}", &s[..i], &rest[end..]);
+    }
+    s
+}
+
+/// The SQL that hashes a table: row count and two order-independent 64-bit sums of per-row MD5s.
+async fn checksum_sql(
+    conn: &mut Conn,
+    server: &Server,
+    db: &str,
+    table: &str,
+    versioned: bool,
+) -> Result<String, DbError> {
+    let cols = rows(
+        conn,
+        server,
+        &format!(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
+            quote_str(db),
+            quote_str(table)
+        ),
+    )
+    .await?;
+    let mut parts: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let name = quote_ident(&text(&c[0]));
+            let dt = text(&c[1]);
+            let expr = if dt == "float" || dt == "double" {
+                format!("{name}*1e0")
+            } else {
+                name
+            };
+            format!("IFNULL(CONCAT('v',{expr}),'N')")
+        })
+        .collect();
+    let mut from = qualified(db, table);
+    if versioned {
+        from.push_str(" FOR SYSTEM_TIME ALL");
+        let names: BTreeSet<String> = cols.iter().map(|c| text(&c[0]).to_lowercase()).collect();
+        if !names.contains("row_start") {
+            parts.push("IFNULL(CONCAT('v',ROW_START),'N')".into());
+            parts.push("IFNULL(CONCAT('v',ROW_END),'N')".into());
+        }
+    }
+    let h = format!("MD5(CONCAT_WS('#',{}))", parts.join(","));
+    Ok(format!(
+        "SELECT COUNT(*), COALESCE(SUM(CAST(CONV(SUBSTRING({h},1,16),16,10) AS UNSIGNED)),0), \
+         COALESCE(SUM(CAST(CONV(SUBSTRING({h},17,16),16,10) AS UNSIGNED)),0) FROM {from}"
+    ))
+}
+
+async fn snapshot_gtid(conn: &mut Conn, server: &Server) -> Result<String, DbError> {
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(|e| server.err("opening a consistent snapshot", &e))?;
+    let st: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS LIKE 'binlog_snapshot_%'")
+        .await
+        .map_err(|e| server.err("reading the snapshot position", &e))?;
+    let get = |k: &str| {
+        st.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (file, pos) = (get("Binlog_snapshot_file"), get("Binlog_snapshot_position"));
+    let g = rows(
+        conn,
+        server,
+        &format!(
+            "SELECT BINLOG_GTID_POS({}, {})",
+            quote_str(&file),
+            pos.parse::<u64>().unwrap_or(4)
+        ),
+    )
+    .await?;
+    Ok(g.first().map(|r| text(&r[0])).unwrap_or_default())
+}
+
+/// Runs a verify.
+pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
+    let started = Instant::now();
+    let (src, tgt) = (&plan.source, &plan.target);
+    let mut m = src.connect(SESSION).await?;
+    let mut r = tgt.connect(SESSION).await?;
+    let dbs: Vec<String> = match &plan.databases {
+        Some(d) => d.clone(),
+        None => rows(
+            &mut m,
+            src,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
+        )
+        .await?
+        .iter()
+        .map(|r| text(&r[0]))
+        .filter(|d| !SYSTEM.contains(&d.as_str()))
+        .collect(),
+    };
+
+    // Pin both sides to one GTID.
+    let st = slave_status(&mut r, tgt).await?;
+    let replicating = st
+        .get("Slave_SQL_Running")
+        .map(|s| s == "Yes")
+        .unwrap_or(false)
+        && st.get("Using_Gtid").map(|s| s != "No").unwrap_or(false);
+    let (method, gtid) = if replicating {
+        // UNTIL master_gtid_pos needs both threads stopped.
+        r.query_drop("STOP SLAVE")
+            .await
+            .map_err(|e| tgt.err("STOP SLAVE", &e))?;
+        let g = snapshot_gtid(&mut m, src).await?;
+        r.query_drop(format!(
+            "START SLAVE UNTIL master_gtid_pos={}",
+            quote_str(&g)
+        ))
+        .await
+        .map_err(|e| tgt.err("START SLAVE UNTIL", &e))?;
+        let t0 = Instant::now();
+        loop {
+            let st = slave_status(&mut r, tgt).await?;
+            if st
+                .get("Slave_SQL_Running")
+                .map(|s| s != "Yes")
+                .unwrap_or(true)
+            {
+                let err = st.get("Last_SQL_Error").cloned().unwrap_or_default();
+                if !err.is_empty() {
+                    return Err(CatchupError::Replication {
+                        server: tgt.name(),
+                        detail: err,
+                    });
+                }
+                break;
+            }
+            if t0.elapsed() > plan.timeout {
+                let _ = r.query_drop("STOP SLAVE").await;
+                let _ = r.query_drop("START SLAVE").await;
+                return Err(CatchupError::Timeout {
+                    server: tgt.name(),
+                    secs: plan.timeout.as_secs(),
+                    at: st.get("Gtid_Slave_Pos").cloned().unwrap_or_default(),
+                    goal: g,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        info!(gtid = %g, "replica stopped at the master's snapshot GTID");
+        (
+            format!("replica stopped at the master's snapshot GTID '{g}'"),
+            Some(g),
+        )
+    } else {
+        snapshot_gtid(&mut m, src).await?;
+        (
+            "direct: the target is not replicating; both sides read in a consistent snapshot as they are".to_string(),
+            None,
+        )
+    };
+    r.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(|e| tgt.err("opening a consistent snapshot", &e))?;
+
+    let result = compare(&mut m, &mut r, src, tgt, &dbs).await;
+    let _ = r.query_drop("COMMIT").await;
+    if replicating {
+        let _ = r.query_drop("STOP SLAVE").await;
+        r.query_drop("START SLAVE")
+            .await
+            .map_err(|e| tgt.err("START SLAVE", &e))?;
+    }
+    let _ = m.query_drop("COMMIT").await;
+    let (tables, rows_n, objects_n, differences) = result?;
+    Ok(VerifyReport {
+        method,
+        gtid,
+        databases: dbs,
+        tables,
+        rows: rows_n,
+        objects: objects_n,
+        differences,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn compare(
+    m: &mut Conn,
+    r: &mut Conn,
+    src: &Server,
+    tgt: &Server,
+    dbs: &[String],
+) -> Result<(u64, u64, u64, Vec<String>), CatchupError> {
+    let mut diffs = Vec::new();
+    let (mut tables, mut total_rows, mut objs) = (0u64, 0u64, 0u64);
+    for db in dbs {
+        let mdb = rows(m, src, &format!("SHOW CREATE DATABASE {}", quote_ident(db))).await?;
+        let rdb = match r
+            .query::<Row, _>(format!("SHOW CREATE DATABASE {}", quote_ident(db)))
+            .await
+        {
+            Ok(v) => v.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
+            Err(_) => {
+                diffs.push(format!("database `{db}` is missing on the replica"));
+                continue;
+            }
+        };
+        if text(&mdb[0][1]) != text(&rdb[0][1]) {
+            diffs.push(format!("database `{db}`: definitions differ"));
+        }
+        let mo = objects(m, src, db).await?;
+        let ro = objects(r, tgt, db).await?;
+        for (k, ddl) in &mo {
+            objs += 1;
+            match ro.get(k) {
+                None => diffs.push(format!(
+                    "{} `{db}`.`{}` is missing on the replica",
+                    k.0.to_lowercase(),
+                    k.1
+                )),
+                Some(other) if other != ddl => diffs.push(format!(
+                    "{} `{db}`.`{}`: definitions differ",
+                    k.0.to_lowercase(),
+                    k.1
+                )),
+                _ => {}
+            }
+        }
+        for k in ro.keys() {
+            if !mo.contains_key(k) {
+                diffs.push(format!(
+                    "{} `{db}`.`{}` exists only on the replica",
+                    k.0.to_lowercase(),
+                    k.1
+                ));
+            }
+        }
+        let base: Vec<(String, bool)> = rows(
+            m,
+            src,
+            &format!(
+                "SELECT TABLE_NAME, TABLE_TYPE='SYSTEM VERSIONED' FROM information_schema.TABLES WHERE TABLE_SCHEMA={} AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED') ORDER BY TABLE_NAME",
+                quote_str(db)
+            ),
+        )
+        .await?
+        .iter()
+        .map(|r| (text(&r[0]), text(&r[1]) == "1"))
+        .collect();
+        for (t, versioned) in base {
+            if !ro.contains_key(&("TABLE".to_string(), t.clone())) {
+                continue; // reported above
+            }
+            tables += 1;
+            let sql = checksum_sql(m, src, db, &t, versioned).await?;
+            let a = rows(m, src, &sql).await?;
+            let b = rows(r, tgt, &sql).await?;
+            let (ac, bc) = (text(&a[0][0]), text(&b[0][0]));
+            total_rows += ac.parse::<u64>().unwrap_or(0);
+            if ac != bc {
+                diffs.push(format!(
+                    "table `{db}`.`{t}`: {ac} rows on the master, {bc} on the replica"
+                ));
+            } else if a[0][1..] != b[0][1..] {
+                diffs.push(format!(
+                    "table `{db}`.`{t}`: same row count ({ac}) but the contents differ"
+                ));
+            }
+        }
+    }
+    Ok((tables, total_rows, objs, diffs))
+}

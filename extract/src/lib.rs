@@ -1,0 +1,581 @@
+//! Extract: one consistent snapshot of a MariaDB master, written to a stage.
+//!
+//! The sequence (see `docs/FORMAT.md` and the README for the reasoning):
+//!
+//! 1. Preflight: the stage is reachable and the snapshot id is free; the
+//!    source is MariaDB with the binary log on in ROW format.
+//! 2. A control connection takes `BACKUP STAGE START` + `BACKUP STAGE
+//!    BLOCK_DDL` and holds it for the whole extract: no DDL can change a
+//!    table under us, and writes to non-transactional tables (Aria, MyISAM)
+//!    wait, so those tables stay equal to the recorded position. Commits to
+//!    InnoDB are not blocked.
+//! 3. The schema is read under that lock.
+//! 4. Every worker opens `START TRANSACTION WITH CONSISTENT SNAPSHOT`. They
+//!    are opened together without any lock and accepted only if every
+//!    worker reports the same `Binlog_snapshot_file/position`; after a few
+//!    misses (a busy master), `FLUSH TABLES WITH READ LOCK` is held only
+//!    while they open. Equal positions prove a single cut.
+//! 5. The GTID is `BINLOG_GTID_POS(file, pos)` of that position.
+//! 6. Workers stream tables (large ones split along an integer primary key)
+//!    over the binary protocol into zstd Parquet chunks, bounded in memory.
+//! 7. The manifest is published last with a create-only put.
+
+#![warn(missing_docs)]
+
+mod schema;
+mod worker;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+use replseed_stage::manifest::{
+    Consistency, Manifest, Position, Settings, SourceInfo, Totals, FORMAT_NAME, FORMAT_VERSION,
+};
+use replseed_stage::sql::{DbError, Server};
+use replseed_stage::{ChunkProps, SnapshotState, Stage, StageError};
+use tracing::{info, warn};
+
+pub use schema::SYSTEM_SCHEMAS;
+
+/// Everything that can stop an extract. Messages name the server, table or
+/// object and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// Talking to the source failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The stage failed.
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// The source is not set up for replication.
+    #[error("{server}: {detail}")]
+    SourceConfig {
+        /// Source name.
+        server: String,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// A privilege is missing.
+    #[error("{server}: {detail}; run {grant} TO the extract user")]
+    Privilege {
+        /// Source name.
+        server: String,
+        /// What failed.
+        detail: String,
+        /// The GRANT that fixes it.
+        grant: String,
+    },
+    /// `--databases` names a database the source does not have.
+    #[error("{server}: database `{database}` does not exist; check --databases")]
+    NoSuchDatabase {
+        /// Source name.
+        server: String,
+        /// The name.
+        database: String,
+    },
+    /// An object replseed cannot copy.
+    #[error("cannot copy {table}: {detail}")]
+    Unsupported {
+        /// `db.table`.
+        table: String,
+        /// Why.
+        detail: String,
+    },
+    /// Workers did not agree on one position.
+    #[error("{server}: the workers' snapshots are not at one binlog position ({detail}); retry")]
+    Inconsistent {
+        /// Source name.
+        server: String,
+        /// Positions seen.
+        detail: String,
+    },
+    /// A value could not be stored.
+    #[error("{table}, chunk {chunk}: {detail}")]
+    Value {
+        /// `db.table`.
+        table: String,
+        /// Chunk path.
+        chunk: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The extract was interrupted.
+    #[error("interrupted; nothing was published")]
+    Interrupted,
+}
+
+/// A validated extract request.
+#[derive(Debug, Clone)]
+pub struct ExtractPlan {
+    /// The master.
+    pub source: Server,
+    /// Where to write.
+    pub stage: Stage,
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Databases to copy (`None`: all but the system ones).
+    pub databases: Option<Vec<String>>,
+    /// Worker connections.
+    pub threads: usize,
+    /// Maximum rows per chunk file.
+    pub chunk_rows: u64,
+    /// Maximum bytes per chunk file.
+    pub chunk_bytes: u64,
+    /// Parquet settings.
+    pub props: ChunkProps,
+    /// How many lock-free snapshot attempts before FTWRL.
+    pub lock_free_attempts: u32,
+}
+
+/// Live counters, for progress bars and logs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Rows written.
+    pub rows: AtomicU64,
+    /// Estimated rows in total.
+    pub rows_total: AtomicU64,
+    /// Chunk files finished.
+    pub chunks: AtomicU64,
+    /// Bytes of finished chunk files.
+    pub bytes: AtomicU64,
+    /// Current phase.
+    pub phase: Mutex<String>,
+}
+
+impl Progress {
+    fn set_phase(&self, p: &str) {
+        *self.phase.lock().expect("phase") = p.to_string();
+    }
+}
+
+/// What an extract produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The published manifest.
+    pub manifest: Manifest,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+const WORKER_SETUP: &[&str] = &[
+    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+    "SET SESSION time_zone='+00:00'",
+    "SET SESSION character_set_results=NULL",
+    "SET SESSION net_write_timeout=3600",
+    "SET SESSION net_read_timeout=3600",
+    "SET SESSION max_statement_time=0",
+];
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => String::new(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn first_row(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Value>, DbError> {
+    let r: Option<Row> = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{sql}`"), &e))?;
+    Ok(r.map(|r| r.unwrap()).unwrap_or_default())
+}
+
+/// Checks that the source can be a master for replseed and describes it.
+pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, ExtractError> {
+    let r = first_row(
+        conn,
+        server,
+        "SELECT VERSION(), @@server_id, @@hostname, @@port, @@log_bin, @@binlog_format, @@gtid_domain_id, \
+         @@lower_case_table_names, @@global.sql_mode, @@character_set_server, @@collation_server",
+    )
+    .await?;
+    let version = text(&r[0]);
+    if !version.contains("MariaDB") {
+        return Err(ExtractError::SourceConfig {
+            server: server.name(),
+            detail: format!("server version {version} is not MariaDB; replseed provisions MariaDB replicas from MariaDB masters"),
+        });
+    }
+    if text(&r[4]) != "1" {
+        return Err(ExtractError::SourceConfig {
+            server: server.name(),
+            detail: "the binary log is off; start mariadbd with log_bin (and binlog_format=ROW) so that a replica can replicate from the snapshot's position".into(),
+        });
+    }
+    let format = text(&r[5]);
+    if format != "ROW" {
+        return Err(ExtractError::SourceConfig {
+            server: server.name(),
+            detail: format!("binlog_format is {format}; set binlog_format=ROW (SET GLOBAL binlog_format='ROW' and in the config file) so that replication from a snapshot is exact"),
+        });
+    }
+    let num = |v: &Value| text(v).parse::<u64>().unwrap_or(0);
+    Ok(SourceInfo {
+        version,
+        server_id: num(&r[1]) as u32,
+        hostname: text(&r[2]),
+        port: num(&r[3]) as u16,
+        gtid_domain_id: num(&r[6]) as u32,
+        lower_case_table_names: num(&r[7]) as u32,
+        sql_mode: text(&r[8]),
+        charset: text(&r[9]),
+        collation: text(&r[10]),
+    })
+}
+
+async fn open_snapshot(conn: &mut Conn) -> Result<(String, u64), mysql_async::Error> {
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await?;
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS LIKE 'binlog_snapshot_%'")
+        .await?;
+    let mut file = String::new();
+    let mut pos = 0;
+    for (k, v) in rows {
+        match k.to_ascii_lowercase().as_str() {
+            "binlog_snapshot_file" => file = v,
+            "binlog_snapshot_position" => pos = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((file, pos))
+}
+
+/// Opens one snapshot on every worker at a single binlog position.
+/// Returns (method, attempts, commit-blocked ms, positions).
+async fn synchronize(
+    workers: &mut [Conn],
+    plan: &ExtractPlan,
+) -> Result<(String, u32, u64, Vec<(String, u64)>), ExtractError> {
+    let server = &plan.source;
+    let mut attempts = 0;
+    for _ in 0..plan.lock_free_attempts.max(1) {
+        attempts += 1;
+        let results = join_all(workers.iter_mut().map(open_snapshot)).await;
+        let mut positions = Vec::new();
+        for r in results {
+            positions.push(r.map_err(|e| server.err("opening a consistent snapshot", &e))?);
+        }
+        if positions.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(("lock-free".into(), attempts, 0, positions));
+        }
+        info!(
+            attempt = attempts,
+            ?positions,
+            "worker snapshots differ (commits in between); retrying"
+        );
+        for w in workers.iter_mut() {
+            w.query_drop("ROLLBACK")
+                .await
+                .map_err(|e| server.err("rolling back a snapshot", &e))?;
+        }
+    }
+    // Busy master: hold commits only while the snapshots open.
+    warn!("lock-free snapshot did not agree after {attempts} attempts; using FLUSH TABLES WITH READ LOCK briefly");
+    let mut lock = server
+        .connect(&["SET SESSION lock_wait_timeout=60"])
+        .await?;
+    let start = Instant::now();
+    lock.query_drop("FLUSH TABLES WITH READ LOCK")
+        .await
+        .map_err(|e| {
+            if matches!(&e, mysql_async::Error::Server(s) if s.code == 1227) {
+                ExtractError::Privilege {
+                    server: server.name(),
+                    detail: "FLUSH TABLES WITH READ LOCK was denied".into(),
+                    grant: "GRANT RELOAD ON *.*".into(),
+                }
+            } else {
+                ExtractError::Db(server.err("taking FLUSH TABLES WITH READ LOCK", &e))
+            }
+        })?;
+    let results = join_all(workers.iter_mut().map(open_snapshot)).await;
+    let unlock = lock.query_drop("UNLOCK TABLES").await;
+    let blocked = start.elapsed().as_millis() as u64;
+    let _ = lock.disconnect().await;
+    unlock.map_err(|e| server.err("UNLOCK TABLES", &e))?;
+    let mut positions = Vec::new();
+    for r in results {
+        positions.push(r.map_err(|e| server.err("opening a consistent snapshot", &e))?);
+    }
+    if !positions.windows(2).all(|w| w[0] == w[1]) {
+        return Err(ExtractError::Inconsistent {
+            server: server.name(),
+            detail: format!("{positions:?}"),
+        });
+    }
+    Ok(("ftwrl".into(), attempts + 1, blocked, positions))
+}
+
+/// Runs an extract. `cancel` resolves when the user asks to stop.
+pub async fn run(
+    plan: ExtractPlan,
+    progress: Arc<Progress>,
+    cancel: impl std::future::Future<Output = ()> + Send,
+) -> Result<Report, ExtractError> {
+    tokio::select! {
+        r = run_inner(&plan, progress) => {
+            if r.is_err() {
+                cleanup(&plan).await;
+            }
+            r
+        }
+        _ = cancel => {
+            cleanup(&plan).await;
+            Err(ExtractError::Interrupted)
+        }
+    }
+}
+
+async fn cleanup(plan: &ExtractPlan) {
+    if let Ok(SnapshotState::Incomplete) = plan.stage.state(&plan.snapshot).await {
+        match plan.stage.delete(&plan.snapshot).await {
+            Ok(n) => {
+                info!(snapshot = %plan.snapshot, objects = n, "removed the unpublished chunks")
+            }
+            Err(e) => {
+                warn!(snapshot = %plan.snapshot, error = %e, "could not remove unpublished chunks; `replseed snapshots delete` removes them")
+            }
+        }
+    }
+}
+
+async fn run_inner(plan: &ExtractPlan, progress: Arc<Progress>) -> Result<Report, ExtractError> {
+    let started = Instant::now();
+    let started_at = replseed_stage::now_rfc3339();
+    let server = &plan.source;
+    if plan.threads == 0 {
+        return Err(ExtractError::Usage("--threads must be at least 1".into()));
+    }
+
+    // Preflight: stage first, so nothing touches the master if it cannot be written.
+    progress.set_phase("preflight");
+    plan.stage.check_access().await?;
+    match plan.stage.state(&plan.snapshot).await? {
+        SnapshotState::Absent => {}
+        SnapshotState::Published => {
+            return Err(StageError::SnapshotExists {
+                id: plan.snapshot.clone(),
+                url: plan.stage.url().to_string(),
+            }
+            .into())
+        }
+        SnapshotState::Incomplete => {
+            return Err(StageError::SnapshotIncomplete {
+                id: plan.snapshot.clone(),
+                url: plan.stage.url().to_string(),
+            }
+            .into())
+        }
+    }
+    let mut control = server
+        .connect(&[
+            "SET SESSION lock_wait_timeout=60",
+            "SET SESSION character_set_results=utf8mb4",
+            "SET SESSION sql_quote_show_create=1",
+        ])
+        .await?;
+    let source_info = preflight(&mut control, server).await?;
+
+    // DDL guard for the whole extract.
+    progress.set_phase("locking DDL");
+    for stmt in ["BACKUP STAGE START", "BACKUP STAGE BLOCK_DDL"] {
+        control.query_drop(stmt).await.map_err(|e| match &e {
+            mysql_async::Error::Server(s) if s.code == 1227 || s.code == 1044 => ExtractError::Privilege {
+                server: server.name(),
+                detail: format!("{stmt} was denied"),
+                grant: "GRANT RELOAD ON *.*".into(),
+            },
+            mysql_async::Error::Server(s) if s.code == 1205 => ExtractError::Db(server.fail(
+                stmt,
+                "lock wait timeout: a running DDL statement, a long write to a non-transactional table, or another backup (mariadb-backup) holds the backup lock; retry when it is done",
+            )),
+            _ => ExtractError::Db(server.err(stmt, &e)),
+        })?;
+    }
+    let ddl_locked_at = Instant::now();
+
+    // Schema under the DDL lock.
+    progress.set_phase("reading schema");
+    let dbs = schema::databases(&mut control, server, plan.databases.as_deref()).await?;
+    let mut databases = Vec::new();
+    let mut tables = Vec::new();
+    for db in &dbs {
+        let (d, t) = schema::database(&mut control, server, db).await?;
+        databases.push(d);
+        tables.extend(t);
+    }
+    let non_transactional: Vec<String> = tables
+        .iter()
+        .filter(|t| !t.table.transactional)
+        .map(|t| format!("{}.{} ({})", t.db, t.table.name, t.table.engine))
+        .collect();
+    progress
+        .rows_total
+        .store(tables.iter().map(|t| t.est_rows).sum(), Ordering::Relaxed);
+
+    // One cut for every worker.
+    progress.set_phase("opening snapshots");
+    let mut workers = Vec::with_capacity(plan.threads);
+    for _ in 0..plan.threads {
+        workers.push(server.connect(WORKER_SETUP).await?);
+    }
+    let (method, attempts, commit_blocked_ms, positions) = synchronize(&mut workers, plan).await?;
+    let (binlog_file, binlog_pos) = positions[0].clone();
+    if binlog_file.is_empty() {
+        return Err(ExtractError::SourceConfig {
+            server: server.name(),
+            detail: "Binlog_snapshot_file is empty: the binary log is not active".into(),
+        });
+    }
+    let g = first_row(
+        &mut control,
+        server,
+        &format!(
+            "SELECT BINLOG_GTID_POS({}, {binlog_pos}), @@GLOBAL.gtid_binlog_state",
+            replseed_stage::sql::quote_str(&binlog_file)
+        ),
+    )
+    .await?;
+    if matches!(g.first(), Some(Value::NULL) | None) {
+        return Err(ExtractError::SourceConfig {
+            server: server.name(),
+            detail: format!("BINLOG_GTID_POS('{binlog_file}', {binlog_pos}) returned NULL: the binlog file was purged during the extract; retry"),
+        });
+    }
+    let gtid = text(&g[0]);
+    info!(%binlog_file, binlog_pos, %gtid, method = %method, "snapshot opened");
+
+    // Sequences: their row, read inside a snapshot.
+    for d in databases.iter_mut() {
+        for s in d.sequences.iter_mut() {
+            s.row = worker::read_sequence(&mut workers[0], server, &d.name, &s.name).await?;
+        }
+    }
+
+    // Plan the jobs and run them.
+    progress.set_phase("copying rows");
+    let jobs = worker::plan_jobs(&mut workers[0], server, &tables, plan.chunk_rows).await?;
+    let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
+    let tables = Arc::new(tables);
+    let mut handles = Vec::new();
+    for conn in workers {
+        let ctx = worker::Ctx {
+            server: server.clone(),
+            stage: plan.stage.clone(),
+            snapshot: plan.snapshot.clone(),
+            tables: tables.clone(),
+            props: plan.props.clone(),
+            chunk_rows: plan.chunk_rows,
+            chunk_bytes: plan.chunk_bytes,
+            progress: progress.clone(),
+        };
+        handles.push(tokio::spawn(worker::run_worker(ctx, conn, queue.clone())));
+    }
+    let mut results = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.await.expect("worker task panicked") {
+            Ok(r) => results.extend(r),
+            Err(e) => {
+                queue.lock().expect("queue").clear();
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    // The DDL guard must still be there: check the control connection.
+    control.query_drop("DO 1").await.map_err(|e| {
+        server.err(
+            "checking the DDL lock connection (lost during the extract; DDL may have run: retry)",
+            &e,
+        )
+    })?;
+    control
+        .query_drop("BACKUP STAGE END")
+        .await
+        .map_err(|e| server.err("BACKUP STAGE END", &e))?;
+    let ddl_blocked_ms = ddl_locked_at.elapsed().as_millis() as u64;
+    let _ = control.disconnect().await;
+
+    // Assemble the manifest.
+    progress.set_phase("publishing");
+    let tables = Arc::try_unwrap(tables).unwrap_or_else(|a| (*a).clone());
+    let mut totals = Totals::default();
+    let mut by_table: std::collections::HashMap<usize, Vec<replseed_stage::manifest::Chunk>> =
+        std::collections::HashMap::new();
+    for (ti, chunk) in results {
+        by_table.entry(ti).or_default().push(chunk);
+    }
+    for (ti, tp) in tables.into_iter().enumerate() {
+        let mut t = tp.table;
+        let mut chunks = by_table.remove(&ti).unwrap_or_default();
+        chunks.sort_by(|a, b| a.path.cmp(&b.path));
+        t.rows = chunks.iter().map(|c| c.rows).sum();
+        t.bytes = chunks.iter().map(|c| c.bytes).sum();
+        t.chunks = chunks;
+        totals.tables += 1;
+        totals.rows += t.rows;
+        totals.bytes += t.bytes;
+        totals.chunks += t.chunks.len() as u64;
+        let d = databases
+            .iter_mut()
+            .find(|d| d.name == tp.db)
+            .expect("database of table");
+        d.tables.push(t);
+    }
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        snapshot: plan.snapshot.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: replseed_stage::now_rfc3339(),
+        source: source_info,
+        position: Position {
+            binlog_file: binlog_file.clone(),
+            binlog_pos,
+            gtid,
+            gtid_source: "BINLOG_GTID_POS(Binlog_snapshot_file, Binlog_snapshot_position): the GTID state at exactly the snapshot's binlog offset. gtid_binlog_pos would be read later than the cut; gtid_current_pos drops GTIDs of other server_ids when log_slave_updates is off.".into(),
+            gtid_binlog_state: text(&g[1]),
+        },
+        consistency: Consistency {
+            method,
+            attempts,
+            workers: plan.threads as u32,
+            worker_positions: positions.iter().map(|(f, p)| format!("{f}:{p}")).collect(),
+            commit_blocked_ms,
+            ddl_blocked_ms,
+            non_transactional_tables: non_transactional,
+        },
+        settings: Settings {
+            chunk_rows: plan.chunk_rows,
+            chunk_bytes: plan.chunk_bytes,
+            compression: plan.props.compression_name(),
+            threads: plan.threads as u32,
+        },
+        databases,
+        totals,
+    };
+    plan.stage.publish(&manifest).await?;
+    progress.set_phase("done");
+    Ok(Report {
+        manifest,
+        elapsed: started.elapsed(),
+    })
+}

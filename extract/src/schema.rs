@@ -1,0 +1,476 @@
+//! Schema discovery on the source, under `BACKUP STAGE BLOCK_DDL`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+use replseed_stage::manifest::{Database, Object, Sequence, Table};
+use replseed_stage::sql::{qualified, quote_ident, DbError, Server};
+use replseed_stage::types::{assign_raw_columns, ColumnKind, ColumnSpec};
+
+use crate::ExtractError;
+
+/// Schemas never copied.
+pub const SYSTEM_SCHEMAS: &[&str] = &[
+    "mysql",
+    "information_schema",
+    "performance_schema",
+    "sys",
+    "replseed",
+];
+
+/// A table to copy, with planning facts that do not go in the manifest.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    /// Database.
+    pub db: String,
+    /// The manifest entry being filled.
+    pub table: Table,
+    /// Estimated rows (information_schema.TABLES.TABLE_ROWS).
+    pub est_rows: u64,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => String::new(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn opt_s(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        other => Some(s(other)),
+    }
+}
+
+fn u(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => Some(*i as u64),
+        Value::UInt(u) => Some(*u),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+async fn rows(conn: &mut Conn, server: &Server, sql: String) -> Result<Vec<Vec<Value>>, DbError> {
+    let r: Vec<Row> = conn.query(&sql).await.map_err(|e| {
+        server.err(
+            format!("running `{}`", sql.chars().take(120).collect::<String>()),
+            &e,
+        )
+    })?;
+    Ok(r.into_iter().map(|r| r.unwrap()).collect())
+}
+
+/// Lists the databases to copy.
+pub async fn databases(
+    conn: &mut Conn,
+    server: &Server,
+    wanted: Option<&[String]>,
+) -> Result<Vec<String>, ExtractError> {
+    let all: Vec<String> = rows(
+        conn,
+        server,
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME".into(),
+    )
+    .await?
+    .iter()
+    .map(|r| s(&r[0]))
+    .collect();
+    match wanted {
+        Some(list) => {
+            for w in list {
+                if !all.contains(w) {
+                    return Err(ExtractError::NoSuchDatabase {
+                        server: server.name(),
+                        database: w.clone(),
+                    });
+                }
+                if SYSTEM_SCHEMAS.contains(&w.as_str()) {
+                    return Err(ExtractError::Usage(format!(
+                        "`{w}` is a system database and cannot be copied; list application databases in --databases"
+                    )));
+                }
+            }
+            Ok(list.to_vec())
+        }
+        None => Ok(all
+            .into_iter()
+            .filter(|d| !SYSTEM_SCHEMAS.contains(&d.as_str()))
+            .collect()),
+    }
+}
+
+/// Reads every object of one database.
+pub async fn database(
+    conn: &mut Conn,
+    server: &Server,
+    db: &str,
+) -> Result<(Database, Vec<TablePlan>), ExtractError> {
+    let dbq = replseed_stage::sql::quote_str(db);
+    let create = rows(
+        conn,
+        server,
+        format!("SHOW CREATE DATABASE {}", quote_ident(db)),
+    )
+    .await?;
+    let cs = rows(
+        conn,
+        server,
+        format!("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME={dbq}"),
+    )
+    .await?;
+    let mut database = Database {
+        name: db.to_string(),
+        create_sql: s(&create[0][1]),
+        charset: s(&cs[0][0]),
+        collation: s(&cs[0][1]),
+        tables: Vec::new(),
+        sequences: Vec::new(),
+        views: Vec::new(),
+        triggers: Vec::new(),
+        routines: Vec::new(),
+        events: Vec::new(),
+    };
+
+    // Tables, views and sequences.
+    let tables = rows(
+        conn,
+        server,
+        format!(
+            "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, TABLE_ROWS FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME"
+        ),
+    )
+    .await?;
+
+    // Columns of every table of the database, in order.
+    let mut columns: BTreeMap<String, Vec<Vec<Value>>> = BTreeMap::new();
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
+             IS_NULLABLE, EXTRA, IS_GENERATED, GENERATION_EXPRESSION, NUMERIC_PRECISION, NUMERIC_SCALE \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME, ORDINAL_POSITION"
+        ),
+    )
+    .await?
+    {
+        columns.entry(s(&r[0])).or_default().push(r);
+    }
+    let mut pks: HashMap<String, Vec<String>> = HashMap::new();
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA={dbq} AND INDEX_NAME='PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX"
+        ),
+    )
+    .await?
+    {
+        pks.entry(s(&r[0])).or_default().push(s(&r[1]));
+    }
+    let mut json_cols: HashSet<(String, String)> = HashSet::new();
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA={dbq} AND LEVEL='Column'"
+        ),
+    )
+    .await?
+    {
+        let clause = s(&r[1]);
+        if let Some(col) = clause
+            .strip_prefix("json_valid(`")
+            .and_then(|c| c.strip_suffix("`)"))
+        {
+            json_cols.insert((s(&r[0]), col.replace("``", "`")));
+        }
+    }
+    let mut fk_tables: HashSet<String> = HashSet::new();
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA={dbq} OR UNIQUE_CONSTRAINT_SCHEMA={dbq}"
+        ),
+    )
+    .await?
+    {
+        fk_tables.insert(s(&r[0]));
+        if s(&r[2]) == db {
+            fk_tables.insert(s(&r[1]));
+        }
+    }
+
+    let mut plans = Vec::new();
+    for t in &tables {
+        let name = s(&t[0]);
+        let ttype = s(&t[1]);
+        let engine = s(&t[2]);
+        match ttype.as_str() {
+            "VIEW" => {
+                let r = rows(
+                    conn,
+                    server,
+                    format!("SHOW CREATE VIEW {}", qualified(db, &name)),
+                )
+                .await?;
+                database.views.push(Object {
+                    name,
+                    kind: "view".into(),
+                    create_sql: s(&r[0][1]),
+                    sql_mode: None,
+                    character_set_client: opt_s(&r[0][2]),
+                    collation_connection: opt_s(&r[0][3]),
+                    database_collation: None,
+                    table: None,
+                    time_zone: None,
+                });
+            }
+            "SEQUENCE" => {
+                let r = rows(
+                    conn,
+                    server,
+                    format!("SHOW CREATE SEQUENCE {}", qualified(db, &name)),
+                )
+                .await?;
+                database.sequences.push(Sequence {
+                    name,
+                    create_sql: s(&r[0][1]),
+                    row: Vec::new(), // read inside the snapshot
+                });
+            }
+            "BASE TABLE" | "SYSTEM VERSIONED" => {
+                let versioned = ttype == "SYSTEM VERSIONED";
+                let r = rows(
+                    conn,
+                    server,
+                    format!("SHOW CREATE TABLE {}", qualified(db, &name)),
+                )
+                .await?;
+                let create_sql = s(&r[0][1]);
+                let cols = columns.get(&name).cloned().unwrap_or_default();
+                let mut specs = Vec::new();
+                let mut all_columns = Vec::new();
+                let mut has_explicit_period = false;
+                for c in &cols {
+                    let cname = s(&c[1]);
+                    all_columns.push(cname.clone());
+                    let extra = s(&c[7]);
+                    let generated = s(&c[8]) == "ALWAYS";
+                    let gen_expr = s(&c[9]);
+                    let period = gen_expr == "ROW START" || gen_expr == "ROW END";
+                    if period {
+                        has_explicit_period = true;
+                    }
+                    if generated && !period {
+                        continue; // recomputed by the replica
+                    }
+                    let data_type = s(&c[2]);
+                    let column_type = s(&c[3]);
+                    let charset = opt_s(&c[4]);
+                    let is_json = json_cols.contains(&(name.clone(), cname.clone()));
+                    let kind = ColumnKind::classify(
+                        &data_type,
+                        &column_type,
+                        charset.as_deref(),
+                        u(&c[10]),
+                        u(&c[11]),
+                        is_json,
+                    )
+                    .map_err(|e| ExtractError::Unsupported {
+                        table: format!("{db}.{name}"),
+                        detail: format!("column `{cname}`: {e}"),
+                    })?;
+                    if period && data_type != "timestamp" {
+                        return Err(ExtractError::Unsupported {
+                            table: format!("{db}.{name}"),
+                            detail: "transaction-precise system versioning (ROW START of type BIGINT) cannot be copied: its history refers to the master's transaction ids".into(),
+                        });
+                    }
+                    specs.push(ColumnSpec {
+                        name: cname,
+                        column_type,
+                        data_type,
+                        charset,
+                        collation: opt_s(&c[5]),
+                        nullable: s(&c[6]) == "YES",
+                        invisible: extra.contains("INVISIBLE"),
+                        kind,
+                        raw_column: None,
+                    });
+                }
+                if versioned && !has_explicit_period {
+                    for pseudo in ["ROW_START", "ROW_END"] {
+                        specs.push(ColumnSpec {
+                            name: pseudo.into(),
+                            column_type: "timestamp(6)".into(),
+                            data_type: "timestamp".into(),
+                            charset: None,
+                            collation: None,
+                            nullable: false,
+                            invisible: true,
+                            kind: ColumnKind::Timestamp,
+                            raw_column: None,
+                        });
+                    }
+                }
+                assign_raw_columns(&mut specs);
+                let mut primary_key = pks.get(&name).cloned().unwrap_or_default();
+                if versioned {
+                    // The history makes the declared key non-unique; row end completes it.
+                    let end = if has_explicit_period {
+                        cols.iter()
+                            .find(|c| s(&c[9]) == "ROW END")
+                            .map(|c| s(&c[1]))
+                    } else {
+                        Some("ROW_END".to_string())
+                    };
+                    if let Some(end) = end {
+                        if !primary_key.is_empty() && !primary_key.contains(&end) {
+                            primary_key.push(end);
+                        }
+                    }
+                }
+                let transactional = engine.eq_ignore_ascii_case("InnoDB");
+                let est_rows = u(&t[3]).unwrap_or(0);
+                plans.push(TablePlan {
+                    db: db.to_string(),
+                    est_rows,
+                    table: Table {
+                        name: name.clone(),
+                        engine,
+                        transactional,
+                        create_sql,
+                        system_versioned: versioned,
+                        columns: specs,
+                        all_columns,
+                        primary_key,
+                        has_foreign_keys: fk_tables.contains(&name),
+                        rows: 0,
+                        bytes: 0,
+                        chunks: Vec::new(),
+                    },
+                });
+            }
+            other => {
+                return Err(ExtractError::Unsupported {
+                    table: format!("{db}.{name}"),
+                    detail: format!("table type {other}"),
+                })
+            }
+        }
+    }
+
+    // Triggers, in table and action order.
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA={dbq} ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER"
+        ),
+    )
+    .await?
+    {
+        let name = s(&r[0]);
+        let d = rows(conn, server, format!("SHOW CREATE TRIGGER {}", qualified(db, &name))).await?;
+        database.triggers.push(Object {
+            name,
+            kind: "trigger".into(),
+            sql_mode: opt_s(&d[0][1]),
+            create_sql: s(&d[0][2]),
+            character_set_client: opt_s(&d[0][3]),
+            collation_connection: opt_s(&d[0][4]),
+            database_collation: opt_s(&d[0][5]),
+            table: Some(s(&r[1])),
+            time_zone: None,
+        });
+    }
+
+    // Procedures and functions.
+    for r in rows(
+        conn,
+        server,
+        format!(
+            "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
+             WHERE ROUTINE_SCHEMA={dbq} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"
+        ),
+    )
+    .await?
+    {
+        let name = s(&r[0]);
+        let rtype = s(&r[1]);
+        let kind = match rtype.as_str() {
+            "PROCEDURE" => "procedure",
+            "FUNCTION" => "function",
+            "PACKAGE" => "package",
+            "PACKAGE BODY" => "package body",
+            other => {
+                return Err(ExtractError::Unsupported {
+                    table: format!("{db}.{name}"),
+                    detail: format!("routine type {other}"),
+                })
+            }
+        };
+        let d = rows(
+            conn,
+            server,
+            format!("SHOW CREATE {rtype} {}", qualified(db, &name)),
+        )
+        .await?;
+        let Some(def) = d.first() else { continue };
+        if def.get(2).map(|v| matches!(v, Value::NULL)).unwrap_or(true) {
+            return Err(ExtractError::Privilege {
+                server: server.name(),
+                detail: format!("cannot read the definition of {kind} {db}.{name}"),
+                grant: "GRANT SELECT ON mysql.proc".into(),
+            });
+        }
+        database.routines.push(Object {
+            name,
+            kind: kind.into(),
+            sql_mode: opt_s(&def[1]),
+            create_sql: s(&def[2]),
+            character_set_client: opt_s(&def[3]),
+            collation_connection: opt_s(&def[4]),
+            database_collation: opt_s(&def[5]),
+            table: None,
+            time_zone: None,
+        });
+    }
+
+    // Events.
+    for r in rows(
+        conn,
+        server,
+        format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={dbq} ORDER BY EVENT_NAME"),
+    )
+    .await?
+    {
+        let name = s(&r[0]);
+        let d = rows(conn, server, format!("SHOW CREATE EVENT {}", qualified(db, &name))).await?;
+        database.events.push(Object {
+            name,
+            kind: "event".into(),
+            sql_mode: opt_s(&d[0][1]),
+            create_sql: s(&d[0][3]),
+            character_set_client: opt_s(&d[0][4]),
+            collation_connection: opt_s(&d[0][5]),
+            database_collation: opt_s(&d[0][6]),
+            table: None,
+            time_zone: opt_s(&d[0][2]),
+        });
+    }
+    Ok((database, plans))
+}

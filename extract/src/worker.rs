@@ -1,0 +1,302 @@
+//! Workers: each owns one connection holding the shared snapshot and pulls
+//! jobs (a table, or one primary-key range of a large table) from a queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+use replseed_stage::layout::chunk_path;
+use replseed_stage::manifest::{Chunk, KeyRange};
+use replseed_stage::sql::{qualified, quote_ident, DbError, Server};
+use replseed_stage::types::{BatchBuilder, ColumnKind};
+use replseed_stage::{ChunkProps, ChunkWriter, Stage};
+use tracing::debug;
+
+use crate::schema::TablePlan;
+use crate::{ExtractError, Progress};
+
+/// Rows per Arrow batch handed to the Parquet writer.
+const BATCH_ROWS: usize = 8192;
+/// Bytes per Arrow batch (wide rows, BLOBs).
+const BATCH_BYTES: usize = 8 << 20;
+
+/// One unit of work.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Index into the table list.
+    pub table: usize,
+    /// Job number within the table (orders the chunk files).
+    pub job: u32,
+    /// Inclusive primary-key range, for split tables.
+    pub range: Option<(i128, i128)>,
+    /// Estimated rows, for ordering.
+    pub est_rows: u64,
+}
+
+/// Shared context of the workers.
+pub struct Ctx {
+    pub server: Server,
+    pub stage: Stage,
+    pub snapshot: String,
+    pub tables: Arc<Vec<TablePlan>>,
+    pub props: ChunkProps,
+    pub chunk_rows: u64,
+    pub chunk_bytes: u64,
+    pub progress: Arc<Progress>,
+}
+
+fn as_i128(v: &Value) -> Option<i128> {
+    match v {
+        Value::Int(i) => Some(*i as i128),
+        Value::UInt(u) => Some(*u as i128),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Splits large tables with a single integer primary key into ranges of
+/// about `chunk_rows` rows; every other table is one job. Largest first.
+pub async fn plan_jobs(
+    conn: &mut Conn,
+    server: &Server,
+    tables: &[TablePlan],
+    chunk_rows: u64,
+) -> Result<Vec<Job>, DbError> {
+    let mut jobs = Vec::new();
+    for (ti, t) in tables.iter().enumerate() {
+        let pk = &t.table.primary_key;
+        let int_pk = pk.len() == 1
+            && !t.table.system_versioned
+            && t.table
+                .columns
+                .iter()
+                .any(|c| &c.name == &pk[0] && matches!(c.kind, ColumnKind::Int { .. }));
+        if int_pk && t.est_rows > chunk_rows + chunk_rows / 2 {
+            let col = quote_ident(&pk[0]);
+            let sql = format!(
+                "SELECT MIN({col}), MAX({col}) FROM {}",
+                qualified(&t.db, &t.table.name)
+            );
+            let r: Option<Row> = conn.query_first(&sql).await.map_err(|e| {
+                server.err(
+                    format!("reading the key range of {}.{}", t.db, t.table.name),
+                    &e,
+                )
+            })?;
+            let bounds = r.and_then(|r| {
+                let v = r.unwrap();
+                Some((as_i128(&v[0])?, as_i128(&v[1])?))
+            });
+            if let Some((lo, hi)) = bounds {
+                let n = t.est_rows.div_ceil(chunk_rows).max(1) as i128;
+                let width = ((hi - lo + 1) + n - 1) / n;
+                let mut start = lo;
+                let mut job = 0;
+                while start <= hi {
+                    let end = (start + width - 1).min(hi);
+                    jobs.push(Job {
+                        table: ti,
+                        job,
+                        range: Some((start, end)),
+                        est_rows: t.est_rows / n as u64,
+                    });
+                    job += 1;
+                    start = end + 1;
+                }
+                continue;
+            }
+        }
+        jobs.push(Job {
+            table: ti,
+            job: 0,
+            range: None,
+            est_rows: t.est_rows,
+        });
+    }
+    jobs.sort_by(|a, b| {
+        b.est_rows
+            .cmp(&a.est_rows)
+            .then(a.table.cmp(&b.table))
+            .then(a.job.cmp(&b.job))
+    });
+    Ok(jobs)
+}
+
+/// Reads a sequence's row.
+pub async fn read_sequence(
+    conn: &mut Conn,
+    server: &Server,
+    db: &str,
+    name: &str,
+) -> Result<Vec<String>, DbError> {
+    let sql = format!(
+        "SELECT next_not_cached_value, minimum_value, maximum_value, start_value, increment, cache_size, cycle_option, cycle_count FROM {}",
+        qualified(db, name)
+    );
+    let r: Option<Row> = conn
+        .query_first(&sql)
+        .await
+        .map_err(|e| server.err(format!("reading sequence {db}.{name}"), &e))?;
+    Ok(r.map(|r| r.unwrap().iter().map(crate::text).collect())
+        .unwrap_or_default())
+}
+
+/// Runs jobs until the queue is empty. Returns (table index, chunk) pairs.
+pub async fn run_worker(
+    ctx: Ctx,
+    mut conn: Conn,
+    queue: Arc<Mutex<VecDeque<Job>>>,
+) -> Result<Vec<(usize, Chunk)>, ExtractError> {
+    let mut out = Vec::new();
+    loop {
+        let job = queue.lock().expect("queue").pop_front();
+        let Some(job) = job else { break };
+        let chunks = run_job(&ctx, &mut conn, &job).await?;
+        out.extend(chunks.into_iter().map(|c| (job.table, c)));
+    }
+    let _ = conn.query_drop("COMMIT").await;
+    let _ = conn.disconnect().await;
+    Ok(out)
+}
+
+fn key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::NULL => None,
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::UInt(u) => Some(u.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Double(f) => Some(f.to_string()),
+        Value::Date(..) => Some(
+            String::from_utf8_lossy(&replseed_stage::types::datetime_text(v, true)).into_owned(),
+        ),
+        Value::Time(neg, d, h, m, s, us) => Some(format!(
+            "{}{}:{m:02}:{s:02}.{us:06}",
+            if *neg { "-" } else { "" },
+            *d as u64 * 24 + *h as u64
+        )),
+    }
+}
+
+struct Open {
+    writer: ChunkWriter,
+    first: Vec<Option<String>>,
+}
+
+async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, ExtractError> {
+    let tp = &ctx.tables[job.table];
+    let t = &tp.table;
+    let full = format!("{}.{}", tp.db, t.name);
+    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        cols.join(", "),
+        qualified(&tp.db, &t.name)
+    );
+    if t.system_versioned {
+        sql.push_str(" FOR SYSTEM_TIME ALL");
+    }
+    let mut params = Vec::new();
+    if let Some((lo, hi)) = job.range {
+        sql.push_str(&format!(
+            " WHERE {} BETWEEN ? AND ?",
+            quote_ident(&t.primary_key[0])
+        ));
+        for v in [lo, hi] {
+            params.push(if v < 0 {
+                Value::Int(v as i64)
+            } else {
+                Value::UInt(v as u64)
+            });
+        }
+    }
+    if !t.primary_key.is_empty() {
+        let order: Vec<String> = t.primary_key.iter().map(|c| quote_ident(c)).collect();
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    // Positions of the key columns among the selected ones.
+    let key_pos: Vec<usize> = t
+        .primary_key
+        .iter()
+        .filter_map(|k| t.columns.iter().position(|c| &c.name == k))
+        .collect();
+    debug!(table = %full, job = job.job, %sql, "job start");
+
+    let server = &ctx.server;
+    let mut result = conn
+        .exec_iter(sql.as_str(), params)
+        .await
+        .map_err(|e| server.err(format!("reading {full}"), &e))?;
+    let mut builder = BatchBuilder::new(&t.columns);
+    let schema = builder.schema();
+    let mut chunks = Vec::new();
+    let mut open: Option<Open> = None;
+    let mut last_key: Vec<Value> = Vec::new();
+    let mut part = 0u32;
+    let mut pending_rows = 0u64;
+
+    loop {
+        let row = result
+            .next()
+            .await
+            .map_err(|e| server.err(format!("reading {full}"), &e))?;
+        let Some(row) = row else { break };
+        let values = row.unwrap();
+        if open.is_none() {
+            let rel = chunk_path(&ctx.snapshot, &tp.db, &t.name, job.job, part);
+            let writer = ctx.stage.chunk_writer(&rel, schema.clone(), &ctx.props)?;
+            open = Some(Open {
+                writer,
+                first: key_pos.iter().map(|&i| key_text(&values[i])).collect(),
+            });
+        }
+        if !key_pos.is_empty() {
+            last_key.clear();
+            last_key.extend(key_pos.iter().map(|&i| values[i].clone()));
+        }
+        builder.push_row(values).map_err(|e| ExtractError::Value {
+            table: full.clone(),
+            chunk: chunk_path(&ctx.snapshot, &tp.db, &t.name, job.job, part),
+            detail: e.to_string(),
+        })?;
+        pending_rows += 1;
+        if builder.len() >= BATCH_ROWS || builder.byte_size() >= BATCH_BYTES {
+            let o = open.as_mut().expect("open chunk");
+            let batch = builder.finish();
+            o.writer.write(&batch).await?;
+            ctx.progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
+            pending_rows = 0;
+            if o.writer.rows() >= ctx.chunk_rows || o.writer.bytes() >= ctx.chunk_bytes {
+                let o = open.take().expect("open chunk");
+                chunks.push(close(ctx, o, &last_key).await?);
+                part += 1;
+            }
+        }
+    }
+    drop(result);
+    if !builder.is_empty() {
+        let o = open.as_mut().expect("open chunk");
+        let batch = builder.finish();
+        o.writer.write(&batch).await?;
+        ctx.progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
+    }
+    if let Some(o) = open.take() {
+        chunks.push(close(ctx, o, &last_key).await?);
+    }
+    Ok(chunks)
+}
+
+async fn close(ctx: &Ctx, o: Open, last_key: &[Value]) -> Result<Chunk, ExtractError> {
+    let mut chunk = o.writer.finish().await?;
+    if !o.first.is_empty() {
+        chunk.key_range = Some(KeyRange {
+            first: o.first,
+            last: last_key.iter().map(key_text).collect(),
+        });
+    }
+    ctx.progress.chunks.fetch_add(1, Ordering::Relaxed);
+    ctx.progress.bytes.fetch_add(chunk.bytes, Ordering::Relaxed);
+    Ok(chunk)
+}

@@ -1,0 +1,166 @@
+//! Loading one chunk: Parquet rows streamed as `LOAD DATA LOCAL INFILE`
+//! text, in one transaction with the chunk's progress row.
+
+use std::path::PathBuf;
+
+use arrow::record_batch::RecordBatchReader;
+use bytes::Bytes;
+use futures::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use replseed_stage::manifest::{Chunk, Table};
+use replseed_stage::sql::{qualified, quote_ident, quote_str, Server};
+use replseed_stage::types::TextEncoder;
+
+use crate::LoadError;
+
+/// Bytes handed to the server per LOAD DATA packet batch.
+const PIECE: usize = 1 << 20;
+
+/// The `LOAD DATA` statement for a table's stored columns.
+pub fn load_statement(db: &str, t: &Table) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    format!(
+        "LOAD DATA LOCAL INFILE 'replseed-chunk' INTO TABLE {} CHARACTER SET binary \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        qualified(db, &t.name),
+        cols.join(", ")
+    )
+}
+
+/// Reads a Parquet file and sends its rows as LOAD DATA text, in pieces.
+fn produce(
+    path: PathBuf,
+    table: Table,
+    key: String,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> Result<u64, String> {
+    let file =
+        std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| e.to_string())?
+        .with_batch_size(4096)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let encoder =
+        TextEncoder::new(&table.columns, reader.schema().as_ref()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(PIECE + (64 << 10));
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("decoding {key}: {e}"))?;
+        let n = batch.num_rows();
+        let mut from = 0;
+        while from < n {
+            // Encode in slices so that one piece stays near PIECE bytes.
+            let to = (from + 256).min(n);
+            encoder.encode_rows(&batch, from, to, &mut buf);
+            from = to;
+            if buf.len() >= PIECE {
+                let piece = Bytes::from(std::mem::replace(
+                    &mut buf,
+                    Vec::with_capacity(PIECE + (64 << 10)),
+                ));
+                if tx.blocking_send(Ok(piece)).is_err() {
+                    return Err("the server stopped reading the chunk".into());
+                }
+            }
+        }
+        rows += n as u64;
+    }
+    if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+        return Err("the server stopped reading the chunk".into());
+    }
+    Ok(rows)
+}
+
+/// Loads a chunk file into its table and records it, in one transaction.
+/// Returns the rows loaded.
+#[allow(clippy::too_many_arguments)]
+pub async fn load_chunk(
+    conn: &mut Conn,
+    server: &Server,
+    db: &str,
+    table: &Table,
+    chunk: &Chunk,
+    file: PathBuf,
+    snapshot: &str,
+    transactional: bool,
+) -> Result<u64, LoadError> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let t2 = table.clone();
+    let key = chunk.path.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let txe = tx.clone();
+        let r = produce(file, t2, key, tx);
+        if let Err(e) = &r {
+            let _ = txe.blocking_send(Err(std::io::Error::other(e.clone())));
+        }
+        r
+    });
+    conn.set_infile_handler(async move {
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        Ok(stream.boxed())
+    });
+    let what = |s: &str| format!("{s} chunk `{}` into {db}.{}", chunk.path, table.name);
+    if transactional {
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(|e| server.err(what("starting the transaction for"), &e))?;
+    }
+    let loaded = conn.query_drop(load_statement(db, table)).await;
+    let affected = conn.affected_rows();
+    let produced = producer.await.expect("producer task");
+    if let Err(e) = loaded {
+        if transactional {
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        if let Err(p) = produced {
+            return Err(LoadError::Chunk {
+                chunk: chunk.path.clone(),
+                detail: format!("reading the Parquet file failed: {p}"),
+            });
+        }
+        return Err(server.err(what("loading"), &e).into());
+    }
+    let produced = produced.map_err(|p| LoadError::Chunk {
+        chunk: chunk.path.clone(),
+        detail: p,
+    })?;
+    if affected != chunk.rows || produced != chunk.rows {
+        let warnings: Vec<(String, u32, String)> = conn
+            .query("SHOW WARNINGS LIMIT 5")
+            .await
+            .unwrap_or_default();
+        if transactional {
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        return Err(LoadError::Chunk {
+            chunk: chunk.path.clone(),
+            detail: format!(
+                "the server loaded {affected} rows of {} read (manifest: {}); warnings: {warnings:?}",
+                produced, chunk.rows
+            ),
+        });
+    }
+    let record = format!(
+        "INSERT INTO replseed.load_chunks (snapshot, path_hash, path, db_name, table_name, rows_loaded) \
+         VALUES ({}, UNHEX(SHA2({}, 256)), {}, {}, {}, {})",
+        quote_str(snapshot),
+        quote_str(&chunk.path),
+        quote_str(&chunk.path),
+        quote_str(db),
+        quote_str(&table.name),
+        chunk.rows
+    );
+    conn.query_drop(record)
+        .await
+        .map_err(|e| server.err(what("recording"), &e))?;
+    if transactional {
+        conn.query_drop("COMMIT")
+            .await
+            .map_err(|e| server.err(what("committing"), &e))?;
+    }
+    Ok(affected)
+}

@@ -1,0 +1,106 @@
+//! DDL transformations for the load: deferring secondary indexes.
+
+use replseed_stage::manifest::Table;
+
+/// A table's CREATE statement with its deferrable secondary indexes taken
+/// out, and the `ALTER TABLE` clauses that put them back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitDdl {
+    /// CREATE TABLE without the deferred indexes.
+    pub create: String,
+    /// `ADD ...` clauses, in the original order.
+    pub deferred: Vec<String>,
+}
+
+fn index_line(line: &str) -> bool {
+    let t = line.trim_start();
+    line.starts_with("  ")
+        && (t.starts_with("KEY ")
+            || t.starts_with("UNIQUE KEY ")
+            || t.starts_with("FULLTEXT KEY ")
+            || t.starts_with("SPATIAL KEY "))
+}
+
+/// Whether building this table's secondary indexes after the data is safe
+/// and useful: InnoDB, a primary key (the clustered index must not change),
+/// no foreign keys (they need their indexes), not system-versioned (ALTER
+/// of versioned tables is restricted).
+pub fn can_defer(t: &Table) -> bool {
+    t.engine.eq_ignore_ascii_case("InnoDB")
+        && !t.primary_key.is_empty()
+        && !t.has_foreign_keys
+        && !t.system_versioned
+}
+
+/// Splits `SHOW CREATE TABLE` output. MariaDB prints one definition per
+/// line, two spaces in, and closes the list with a line starting with `)`.
+pub fn split_indexes(create_sql: &str) -> SplitDdl {
+    let lines: Vec<&str> = create_sql.split('\n').collect();
+    let Some(close) = lines.iter().position(|l| l.starts_with(')')) else {
+        return SplitDdl {
+            create: create_sql.to_string(),
+            deferred: Vec::new(),
+        };
+    };
+    if close < 2 {
+        return SplitDdl {
+            create: create_sql.to_string(),
+            deferred: Vec::new(),
+        };
+    }
+    let body = &lines[1..close];
+    let mut kept = Vec::new();
+    let mut deferred = Vec::new();
+    for l in body {
+        let def = l.trim_end_matches(',');
+        if index_line(l) {
+            deferred.push(format!("ADD {}", def.trim_start()));
+        } else {
+            kept.push(def.to_string());
+        }
+    }
+    if deferred.is_empty() || kept.is_empty() {
+        return SplitDdl {
+            create: create_sql.to_string(),
+            deferred: Vec::new(),
+        };
+    }
+    let mut out = String::with_capacity(create_sql.len());
+    out.push_str(lines[0]);
+    out.push('\n');
+    out.push_str(&kept.join(",\n"));
+    out.push('\n');
+    out.push_str(&lines[close..].join("\n"));
+    SplitDdl {
+        create: out,
+        deferred,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SQL: &str = "CREATE TABLE `sbtest1` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(120) NOT NULL DEFAULT '',\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `u` (`c`),\n  KEY `k_1` (`k`)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4\n PARTITION BY HASH (`id`)\nPARTITIONS 2";
+
+    #[test]
+    fn secondary_indexes_are_split_out() {
+        let s = split_indexes(SQL);
+        assert_eq!(
+            s.deferred,
+            vec!["ADD UNIQUE KEY `u` (`c`)", "ADD KEY `k_1` (`k`)"]
+        );
+        assert_eq!(
+            s.create,
+            "CREATE TABLE `sbtest1` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(120) NOT NULL DEFAULT '',\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4\n PARTITION BY HASH (`id`)\nPARTITIONS 2"
+        );
+    }
+
+    #[test]
+    fn tables_without_indexes_are_unchanged() {
+        let sql = "CREATE TABLE `t` (\n  `a` int(11) DEFAULT NULL\n) ENGINE=InnoDB";
+        let s = split_indexes(sql);
+        assert_eq!(s.create, sql);
+        assert!(s.deferred.is_empty());
+    }
+}

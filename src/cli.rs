@@ -1,0 +1,305 @@
+//! Command-line flags. Every flag can also come from a `REPLSEED_*`
+//! environment variable, so cron and CI jobs can be configured by
+//! environment alone. These raw flags are turned into validated plans in
+//! `commands`; nothing below the CLI sees them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Provision MariaDB replicas from a consistent, staged snapshot.
+#[derive(Debug, Parser)]
+#[command(name = "replseed", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "REPLSEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log level filter (tracing syntax, e.g. `info`, `debug`, `replseed_load=debug`).
+    #[arg(long, global = true, env = "REPLSEED_LOG", default_value = "info")]
+    pub log: String,
+
+    /// No progress bars, even on a terminal.
+    #[arg(long, global = true, env = "REPLSEED_NO_PROGRESS")]
+    pub no_progress: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a consistent snapshot of a master and publish it to a stage.
+    Extract(ExtractArgs),
+    /// List, show, verify, delete or prune staged snapshots.
+    Snapshots {
+        #[command(subcommand)]
+        command: SnapshotsCommand,
+    },
+    /// Load a staged snapshot into an empty (or --force) target server.
+    Load(LoadArgs),
+    /// Make a loaded target replicate from the master at the snapshot's GTID and wait until it caught up.
+    Catchup(CatchupArgs),
+    /// Extract (or reuse a snapshot), load every target and catch each up: replicas in one command.
+    Provision(ProvisionArgs),
+    /// Compare a master and a replica: checksums, row counts and DDL of every object.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StageArg {
+    /// Stage: file:///path, a plain path, or s3://bucket/prefix (endpoint and
+    /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION, AWS_ALLOW_HTTP).
+    #[arg(long, env = "REPLSEED_STAGE")]
+    pub stage: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TuningArgs {
+    /// Maximum rows per chunk file.
+    #[arg(long, env = "REPLSEED_CHUNK_ROWS", default_value_t = 500_000)]
+    pub chunk_rows: u64,
+
+    /// Maximum size per chunk file in MiB (compressed, approximate).
+    #[arg(long, env = "REPLSEED_CHUNK_MB", default_value_t = 128)]
+    pub chunk_mb: u64,
+
+    /// zstd level of the Parquet chunks (1-22).
+    #[arg(long, env = "REPLSEED_ZSTD_LEVEL", default_value_t = 3)]
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The master: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_SOURCE")]
+    pub source: String,
+
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Snapshot id (default: the UTC time, e.g. 20261124T210915Z).
+    #[arg(long, env = "REPLSEED_SNAPSHOT")]
+    pub snapshot: Option<String>,
+
+    /// Databases to copy, comma-separated (default: all but the system ones).
+    #[arg(long, env = "REPLSEED_DATABASES", value_delimiter = ',')]
+    pub databases: Option<Vec<String>>,
+
+    /// Parallel connections to the master.
+    #[arg(long, env = "REPLSEED_THREADS", default_value_t = 4)]
+    pub threads: usize,
+
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// List published snapshots, and incomplete prefixes (no manifest).
+    List {
+        #[command(flatten)]
+        stage: StageArg,
+        /// JSON on stdout.
+        #[arg(long, env = "REPLSEED_JSON")]
+        json: bool,
+    },
+    /// Show a snapshot's position, tables and chunks.
+    Show {
+        /// Snapshot id, or `latest`.
+        id: String,
+        #[command(flatten)]
+        stage: StageArg,
+        /// JSON on stdout.
+        #[arg(long, env = "REPLSEED_JSON")]
+        json: bool,
+    },
+    /// Re-read every chunk and check sizes, checksums and row counts.
+    Verify {
+        /// Snapshot id, or `latest`.
+        id: String,
+        #[command(flatten)]
+        stage: StageArg,
+        /// JSON on stdout.
+        #[arg(long, env = "REPLSEED_JSON")]
+        json: bool,
+    },
+    /// Delete a snapshot (manifest first, then its chunks).
+    Delete {
+        /// Snapshot id.
+        id: String,
+        #[command(flatten)]
+        stage: StageArg,
+    },
+    /// Delete all but the newest N published snapshots (and incomplete prefixes older than them).
+    Prune {
+        #[command(flatten)]
+        stage: StageArg,
+        /// How many published snapshots to keep.
+        #[arg(long, env = "REPLSEED_KEEP")]
+        keep: usize,
+        /// JSON on stdout.
+        #[arg(long, env = "REPLSEED_JSON")]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoadOpts {
+    /// Parallel connections to each target.
+    #[arg(long, env = "REPLSEED_THREADS", default_value_t = 4)]
+    pub threads: usize,
+
+    /// Drop and replace the snapshot's objects that already exist on the target
+    /// (nothing outside the snapshot is touched).
+    #[arg(long, env = "REPLSEED_FORCE")]
+    pub force: bool,
+
+    /// Directory for downloaded chunks (S3 stages); default: the system temp dir.
+    #[arg(long, env = "REPLSEED_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Snapshot id, or `latest`.
+    #[arg(long, env = "REPLSEED_SNAPSHOT", default_value = "latest")]
+    pub snapshot: String,
+
+    /// The server to load: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_TARGET")]
+    pub target: String,
+
+    #[command(flatten)]
+    pub opts: LoadOpts,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplicationOpts {
+    /// User the replica connects to the master with (default: the --source user).
+    #[arg(long, env = "REPLSEED_REPLICATION_USER")]
+    pub replication_user: Option<String>,
+
+    /// Password of the replication user (default: the --source password).
+    #[arg(long, env = "REPLSEED_REPLICATION_PASSWORD", hide_env_values = true)]
+    pub replication_password: Option<String>,
+
+    /// Master host as the replica reaches it (default: the --source host).
+    #[arg(long, env = "REPLSEED_MASTER_HOST")]
+    pub master_host: Option<String>,
+
+    /// Master port as the replica reaches it (default: the --source port).
+    #[arg(long, env = "REPLSEED_MASTER_PORT")]
+    pub master_port: Option<u16>,
+
+    /// Give up waiting for the replica to catch up after this many seconds (0 = no limit).
+    #[arg(long, env = "REPLSEED_CATCHUP_TIMEOUT", default_value_t = 0)]
+    pub catchup_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CatchupArgs {
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Snapshot id, or `latest` (the one loaded into the target).
+    #[arg(long, env = "REPLSEED_SNAPSHOT", default_value = "latest")]
+    pub snapshot: String,
+
+    /// The master: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_SOURCE")]
+    pub source: String,
+
+    /// The loaded replica: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_TARGET")]
+    pub target: String,
+
+    #[command(flatten)]
+    pub replication: ReplicationOpts,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The master: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_SOURCE")]
+    pub source: String,
+
+    /// Servers to turn into replicas (repeat the flag, or comma-separate in REPLSEED_TARGET).
+    #[arg(
+        long = "target",
+        env = "REPLSEED_TARGET",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub targets: Vec<String>,
+
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Reuse this published snapshot (or `latest`) instead of extracting a new one.
+    #[arg(long, env = "REPLSEED_SNAPSHOT")]
+    pub snapshot: Option<String>,
+
+    /// Databases to copy, comma-separated (default: all but the system ones).
+    #[arg(long, env = "REPLSEED_DATABASES", value_delimiter = ',')]
+    pub databases: Option<Vec<String>>,
+
+    #[command(flatten)]
+    pub opts: LoadOpts,
+
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+
+    #[command(flatten)]
+    pub replication: ReplicationOpts,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The master: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_SOURCE")]
+    pub source: String,
+
+    /// The replica: mysql://user:password@host:port
+    #[arg(long, env = "REPLSEED_TARGET")]
+    pub target: String,
+
+    /// Databases to compare, comma-separated (default: all but the system ones on the master).
+    #[arg(long, env = "REPLSEED_DATABASES", value_delimiter = ',')]
+    pub databases: Option<Vec<String>>,
+
+    /// Seconds to wait for the replica to reach the master's position.
+    #[arg(long, env = "REPLSEED_VERIFY_TIMEOUT", default_value_t = 300)]
+    pub timeout: u64,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON")]
+    pub json: bool,
+}

@@ -1,0 +1,82 @@
+//! `replseed load`.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use replseed_load::{LoadPlan, LoadReport, Progress};
+use replseed_stage::sql::Server;
+use replseed_stage::{Manifest, Stage};
+
+use super::{print_json, shutdown_signal};
+use crate::cli::{LoadArgs, LoadOpts};
+use crate::progress;
+
+/// Builds a validated load plan.
+pub fn plan(
+    target: &str,
+    stage: Stage,
+    manifest: Arc<Manifest>,
+    opts: &LoadOpts,
+) -> Result<LoadPlan> {
+    if opts.threads == 0 || opts.threads > 256 {
+        bail!("--threads must be between 1 and 256");
+    }
+    let spool = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    if !spool.is_dir() {
+        bail!("--spool-dir {} is not a directory", spool.display());
+    }
+    Ok(LoadPlan {
+        target: Server::parse("target", target)?,
+        stage,
+        manifest,
+        threads: opts.threads,
+        force: opts.force,
+        spool,
+    })
+}
+
+/// Runs a load with progress reporting.
+pub async fn load(plan: LoadPlan, bars: bool) -> Result<LoadReport> {
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let label = "load";
+    let reporter = progress::spawn(label, bars, move || progress::Tick {
+        phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
+        done: p.rows.load(Ordering::Relaxed),
+        total: p.rows_total.load(Ordering::Relaxed),
+        unit: "rows",
+    });
+    let target = plan.target.addr();
+    let snapshot = plan.manifest.snapshot.clone();
+    let r = replseed_load::run(plan, progress, shutdown_signal()).await;
+    reporter.finish();
+    let r = r.with_context(|| format!("load of snapshot `{snapshot}` into {target} failed"))?;
+    if r.already_loaded {
+        eprintln!(
+            "snapshot {} was already loaded into {}",
+            r.snapshot, r.target
+        );
+    } else {
+        eprintln!(
+            "loaded snapshot {} into {}: {} tables, {} rows, {} chunks ({} resumed from an earlier run) in {:.1} s",
+            r.snapshot, r.target, r.tables, r.rows, r.chunks_loaded, r.chunks_resumed, r.elapsed_s
+        );
+    }
+    for x in &r.replaced {
+        eprintln!("  replaced (--force): {x}");
+    }
+    Ok(r)
+}
+
+pub async fn run(a: LoadArgs, bars: bool) -> Result<ExitCode> {
+    let stage = Stage::open(&a.stage.stage)?;
+    let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
+    let plan = plan(&a.target, stage, manifest, &a.opts)?;
+    let r = load(plan, bars).await?;
+    if a.json {
+        print_json(serde_json::to_value(&r)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,415 @@
+//! Orchestration: raw flags become validated plans, plans run, results are
+//! reported (human lines on stderr, one JSON line on stdout with `--json`).
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use replseed_extract::{ExtractPlan, Progress};
+use replseed_stage::sql::Server;
+use replseed_stage::{ChunkProps, Manifest, Stage};
+
+use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};
+use crate::progress;
+
+pub mod load;
+pub mod replicate;
+
+/// An outcome that is not a success but has its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// Message.
+    pub message: String,
+}
+
+/// Exit code for an error.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.code;
+        }
+        if let Some(replseed_catchup::CatchupError::BinlogPurged { .. }) =
+            cause.downcast_ref::<replseed_catchup::CatchupError>()
+        {
+            return 3;
+        }
+    }
+    1
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let bars = !cli.no_progress;
+    match cli.command {
+        Command::Extract(a) => {
+            let plan = extract_plan(
+                &a.source,
+                &a.stage.stage,
+                a.snapshot.clone(),
+                a.databases.clone(),
+                a.threads,
+                &a.tuning,
+            )?;
+            let m = extract(plan, bars).await?;
+            report_extract(&a, &m.0, m.1);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshots { command } => snapshots(command).await,
+        Command::Load(a) => load::run(a, bars).await,
+        Command::Catchup(a) => replicate::catchup(a, bars).await,
+        Command::Provision(a) => replicate::provision(a, bars).await,
+        Command::Verify(a) => replicate::verify(a).await,
+    }
+}
+
+/// Builds a validated extract plan from flags.
+pub fn extract_plan(
+    source: &str,
+    stage: &str,
+    snapshot: Option<String>,
+    databases: Option<Vec<String>>,
+    threads: usize,
+    tuning: &TuningArgs,
+) -> Result<ExtractPlan> {
+    if threads == 0 || threads > 256 {
+        bail!("--threads must be between 1 and 256");
+    }
+    if tuning.chunk_rows == 0 {
+        bail!("--chunk-rows must be at least 1");
+    }
+    if !(1..=22).contains(&tuning.zstd_level) {
+        bail!("--zstd-level must be between 1 and 22");
+    }
+    let snapshot = snapshot.unwrap_or_else(replseed_stage::default_snapshot_id);
+    replseed_stage::layout::validate_snapshot_id(&snapshot)?;
+    let databases = databases.map(|v| {
+        v.into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+    });
+    if let Some(d) = &databases {
+        if d.is_empty() {
+            bail!("--databases is empty; leave it out to copy every non-system database");
+        }
+    }
+    Ok(ExtractPlan {
+        source: Server::parse("source", source)?,
+        stage: Stage::open(stage)?,
+        snapshot,
+        databases,
+        threads,
+        chunk_rows: tuning.chunk_rows,
+        chunk_bytes: tuning.chunk_mb.max(1) << 20,
+        props: ChunkProps {
+            zstd_level: tuning.zstd_level,
+            ..Default::default()
+        },
+        lock_free_attempts: 5,
+    })
+}
+
+/// Runs an extract with progress. Returns the manifest and elapsed seconds.
+pub async fn extract(plan: ExtractPlan, bars: bool) -> Result<(Manifest, f64)> {
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let reporter = progress::spawn("extract", bars, move || progress::Tick {
+        phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
+        done: p.rows.load(Ordering::Relaxed),
+        total: p.rows_total.load(Ordering::Relaxed),
+        unit: "rows",
+    });
+    let snapshot = plan.snapshot.clone();
+    let stage_url = plan.stage.url().to_string();
+    let r = replseed_extract::run(plan, progress, shutdown_signal()).await;
+    reporter.finish();
+    let r = r.with_context(|| {
+        format!("extract of snapshot `{snapshot}` to {stage_url} failed; nothing was published")
+    })?;
+    let m = &r.manifest;
+    eprintln!(
+        "published snapshot {} to {}: {} tables, {} rows, {} chunks, {} bytes in {:.1} s",
+        m.snapshot,
+        stage_url,
+        m.totals.tables,
+        m.totals.rows,
+        m.totals.chunks,
+        m.totals.bytes,
+        r.elapsed.as_secs_f64()
+    );
+    eprintln!(
+        "position {}:{}  gtid '{}'  ({}; commits blocked {} ms, DDL and non-transactional writes blocked {} ms)",
+        m.position.binlog_file,
+        m.position.binlog_pos,
+        m.position.gtid,
+        m.consistency.method,
+        m.consistency.commit_blocked_ms,
+        m.consistency.ddl_blocked_ms
+    );
+    Ok((r.manifest, r.elapsed.as_secs_f64()))
+}
+
+fn report_extract(a: &ExtractArgs, m: &Manifest, secs: f64) {
+    if a.json {
+        print_json(extract_json(m, secs));
+    }
+}
+
+/// The JSON summary of an extract.
+pub fn extract_json(m: &Manifest, secs: f64) -> serde_json::Value {
+    json!({
+        "snapshot": m.snapshot,
+        "gtid": m.position.gtid,
+        "binlog_file": m.position.binlog_file,
+        "binlog_pos": m.position.binlog_pos,
+        "tables": m.totals.tables,
+        "rows": m.totals.rows,
+        "bytes": m.totals.bytes,
+        "chunks": m.totals.chunks,
+        "elapsed_s": (secs * 1000.0).round() / 1000.0,
+        "consistency": {
+            "method": m.consistency.method,
+            "commit_blocked_ms": m.consistency.commit_blocked_ms,
+            "ddl_blocked_ms": m.consistency.ddl_blocked_ms,
+        },
+    })
+}
+
+fn spool_dir() -> std::path::PathBuf {
+    std::env::var_os("REPLSEED_SPOOL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
+    match cmd {
+        SnapshotsCommand::List { stage, json } => {
+            let stage = Stage::open(&stage.stage)?;
+            let entries = stage.list().await?;
+            let mut published = Vec::new();
+            let mut incomplete = Vec::new();
+            for e in &entries {
+                match &e.manifest {
+                    Some(m) => {
+                        eprintln!(
+                            "{}  {}  gtid '{}'  {} tables  {} rows  {} bytes",
+                            m.snapshot,
+                            m.finished_at,
+                            m.position.gtid,
+                            m.totals.tables,
+                            m.totals.rows,
+                            m.totals.bytes
+                        );
+                        published.push(json!({
+                            "id": m.snapshot,
+                            "finished_at": m.finished_at,
+                            "gtid": m.position.gtid,
+                            "binlog_file": m.position.binlog_file,
+                            "binlog_pos": m.position.binlog_pos,
+                            "tables": m.totals.tables,
+                            "rows": m.totals.rows,
+                            "bytes": m.totals.bytes,
+                        }));
+                    }
+                    None => {
+                        let why = e.problem.clone().unwrap_or_else(|| {
+                            "no manifest: incomplete (failed or running extract)".into()
+                        });
+                        eprintln!("{}  INCOMPLETE  {}", e.id, why);
+                        incomplete.push(json!({"id": e.id, "reason": why}));
+                    }
+                }
+            }
+            if entries.is_empty() {
+                eprintln!("no snapshots in {}", stage.url());
+            }
+            if json {
+                print_json(
+                    json!({"stage": stage.url(), "snapshots": published, "incomplete": incomplete}),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotsCommand::Show { id, stage, json } => {
+            let stage = Stage::open(&stage.stage)?;
+            let m = stage.resolve(&id).await?;
+            if json {
+                let tables: Vec<_> = m
+                    .tables()
+                    .map(|(d, t)| {
+                        json!({
+                            "database": d.name,
+                            "table": t.name,
+                            "engine": t.engine,
+                            "rows": t.rows,
+                            "bytes": t.bytes,
+                            "chunks": t.chunks.iter().map(|c| json!({
+                                "path": c.path, "rows": c.rows, "bytes": c.bytes, "sha256": c.sha256,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                print_json(json!({
+                    "snapshot": m.snapshot,
+                    "stage": stage.url(),
+                    "started_at": m.started_at,
+                    "finished_at": m.finished_at,
+                    "source": {"version": m.source.version, "server_id": m.source.server_id, "hostname": m.source.hostname, "port": m.source.port},
+                    "gtid": m.position.gtid,
+                    "binlog_file": m.position.binlog_file,
+                    "binlog_pos": m.position.binlog_pos,
+                    "consistency": m.consistency,
+                    "totals": m.totals,
+                    "databases": m.databases.iter().map(|d| json!({
+                        "name": d.name,
+                        "tables": d.tables.len(),
+                        "views": d.views.len(),
+                        "sequences": d.sequences.len(),
+                        "triggers": d.triggers.len(),
+                        "routines": d.routines.len(),
+                        "events": d.events.len(),
+                    })).collect::<Vec<_>>(),
+                    "tables": tables,
+                }));
+            } else {
+                println!("snapshot   {}", m.snapshot);
+                println!("taken      {} .. {}", m.started_at, m.finished_at);
+                println!(
+                    "source     {} (server_id {}, {}:{})",
+                    m.source.version, m.source.server_id, m.source.hostname, m.source.port
+                );
+                println!(
+                    "position   {}:{}",
+                    m.position.binlog_file, m.position.binlog_pos
+                );
+                println!("gtid       '{}'", m.position.gtid);
+                println!(
+                    "consistency {} (commits blocked {} ms, DDL blocked {} ms)",
+                    m.consistency.method,
+                    m.consistency.commit_blocked_ms,
+                    m.consistency.ddl_blocked_ms
+                );
+                println!(
+                    "totals     {} tables, {} rows, {} chunks, {} bytes",
+                    m.totals.tables, m.totals.rows, m.totals.chunks, m.totals.bytes
+                );
+                for d in &m.databases {
+                    println!(
+                        "database {}: {} tables, {} views, {} sequences, {} triggers, {} routines, {} events",
+                        d.name, d.tables.len(), d.views.len(), d.sequences.len(), d.triggers.len(), d.routines.len(), d.events.len()
+                    );
+                    for t in &d.tables {
+                        println!(
+                            "  {:<40} {:>12} rows {:>5} chunks {:>14} bytes",
+                            t.name,
+                            t.rows,
+                            t.chunks.len(),
+                            t.bytes
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotsCommand::Verify { id, stage, json } => {
+            let stage = Stage::open(&stage.stage)?;
+            let m = stage.resolve(&id).await?;
+            let r = stage.verify(&m, &spool_dir()).await?;
+            for b in &r.bad {
+                eprintln!("BAD CHUNK {b}");
+            }
+            for u in &r.unexpected {
+                eprintln!("note: object not in the manifest: {u}");
+            }
+            if json {
+                print_json(json!({
+                    "snapshot": m.snapshot, "ok": r.bad.is_empty(), "chunks": r.chunks, "rows": r.rows,
+                    "bytes": r.bytes, "bad": r.bad, "unexpected": r.unexpected,
+                }));
+            }
+            if r.bad.is_empty() {
+                eprintln!(
+                    "snapshot {} verified: {} chunks, {} rows, {} bytes",
+                    m.snapshot, r.chunks, r.rows, r.bytes
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(Failure {
+                    code: 4,
+                    message: format!(
+                        "snapshot {}: {} of {} chunks are bad (listed above); re-extract the snapshot",
+                        m.snapshot,
+                        r.bad.len(),
+                        r.chunks
+                    ),
+                }
+                .into())
+            }
+        }
+        SnapshotsCommand::Delete { id, stage } => {
+            let stage = Stage::open(&stage.stage)?;
+            let n = stage.delete(&id).await?;
+            eprintln!("deleted snapshot {id} ({n} objects) from {}", stage.url());
+            Ok(ExitCode::SUCCESS)
+        }
+        SnapshotsCommand::Prune { stage, keep, json } => {
+            let stage = Stage::open(&stage.stage)?;
+            let entries = stage.list().await?;
+            let mut published: Vec<&Manifest> =
+                entries.iter().filter_map(|e| e.manifest.as_ref()).collect();
+            published.sort_by(|a, b| {
+                (b.finished_at.as_str(), b.snapshot.as_str())
+                    .cmp(&(a.finished_at.as_str(), a.snapshot.as_str()))
+            });
+            let mut deleted = Vec::new();
+            for m in published.iter().skip(keep) {
+                stage.delete(&m.snapshot).await?;
+                eprintln!("pruned snapshot {}", m.snapshot);
+                deleted.push(m.snapshot.clone());
+            }
+            // Incomplete prefixes older than the oldest kept snapshot are leftovers of failed runs.
+            if let Some(oldest_kept) = published.iter().take(keep).last() {
+                for e in entries
+                    .iter()
+                    .filter(|e| e.manifest.is_none() && e.problem.is_none())
+                {
+                    if e.id.as_str() < oldest_kept.snapshot.as_str() {
+                        stage.delete(&e.id).await?;
+                        eprintln!("removed incomplete prefix {}", e.id);
+                        deleted.push(e.id.clone());
+                    }
+                }
+            }
+            let kept: Vec<_> = published
+                .iter()
+                .take(keep)
+                .map(|m| m.snapshot.clone())
+                .collect();
+            if json {
+                print_json(json!({"stage": stage.url(), "kept": kept, "deleted": deleted}));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

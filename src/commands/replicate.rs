@@ -1,0 +1,196 @@
+//! `replseed catchup`, `replseed provision` and `replseed verify`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use replseed_catchup::verify::VerifyPlan;
+use replseed_catchup::{CatchupPlan, CatchupReport, Progress};
+use replseed_stage::sql::Server;
+use replseed_stage::{Manifest, Stage};
+
+use super::{extract_json, print_json, shutdown_signal, Failure};
+use crate::cli::{CatchupArgs, ProvisionArgs, ReplicationOpts, VerifyArgs};
+use crate::progress;
+
+fn catchup_plan(
+    source: &Server,
+    target: &str,
+    manifest: Arc<Manifest>,
+    r: &ReplicationOpts,
+) -> Result<CatchupPlan> {
+    Ok(CatchupPlan {
+        source: source.clone(),
+        target: Server::parse("target", target)?,
+        manifest,
+        replication_user: r.replication_user.clone().unwrap_or_else(|| source.user()),
+        replication_password: r
+            .replication_password
+            .clone()
+            .unwrap_or_else(|| source.password()),
+        master_host: r.master_host.clone().unwrap_or_else(|| source.host()),
+        master_port: r.master_port.unwrap_or_else(|| source.port()),
+        timeout: (r.catchup_timeout > 0).then(|| Duration::from_secs(r.catchup_timeout)),
+    })
+}
+
+async fn catchup_one(plan: CatchupPlan, bars: bool) -> Result<CatchupReport> {
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let reporter = progress::spawn("catchup", bars, move || progress::Tick {
+        phase: p.state.lock().map(|s| s.clone()).unwrap_or_default(),
+        done: 0,
+        total: 0,
+        unit: "",
+    });
+    let target = plan.target.addr();
+    let r = replseed_catchup::run(plan, progress, shutdown_signal()).await;
+    reporter.finish();
+    let r = r.with_context(|| format!("catch-up of {target} failed"))?;
+    eprintln!(
+        "{} is replicating and caught up: started at GTID '{}', reached '{}' (goal '{}') in {:.1} s",
+        r.target, r.gtid_start, r.gtid_reached, r.gtid_goal, r.elapsed_s
+    );
+    Ok(r)
+}
+
+pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
+    let stage = Stage::open(&a.stage.stage)?;
+    let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
+    let source = Server::parse("source", &a.source)?;
+    let plan = catchup_plan(&source, &a.target, manifest, &a.replication)?;
+    let r = catchup_one(plan, bars).await?;
+    if a.json {
+        print_json(serde_json::to_value(&r)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
+    let source = Server::parse("source", &a.source)?;
+    let mut targets = Vec::new();
+    for t in &a.targets {
+        let s = Server::parse("target", t)?;
+        if s.addr() == source.addr() {
+            anyhow::bail!("--target {} is the --source itself", s.addr());
+        }
+        targets.push(t.clone());
+    }
+    let (manifest, extract_summary) = match &a.snapshot {
+        Some(id) => {
+            let stage = Stage::open(&a.stage.stage)?;
+            let m = stage.resolve(id).await?;
+            eprintln!(
+                "reusing snapshot {} (GTID '{}')",
+                m.snapshot, m.position.gtid
+            );
+            (m, serde_json::Value::Null)
+        }
+        None => {
+            let plan = super::extract_plan(
+                &a.source,
+                &a.stage.stage,
+                None,
+                a.databases.clone(),
+                a.opts.threads,
+                &a.tuning,
+            )?;
+            let (m, secs) = super::extract(plan, bars).await?;
+            let j = extract_json(&m, secs);
+            (m, j)
+        }
+    };
+    let manifest = Arc::new(manifest);
+    // Every target: load, then catch up; targets run side by side.
+    let mut tasks = Vec::new();
+    for t in targets {
+        let stage = Stage::open(&a.stage.stage)?;
+        let lplan = super::load::plan(&t, stage, manifest.clone(), &a.opts)?;
+        let cplan = catchup_plan(&source, &t, manifest.clone(), &a.replication)?;
+        let many = a.targets.len() > 1;
+        tasks.push(tokio::spawn(async move {
+            let l = super::load::load(lplan, bars && !many).await?;
+            let c = catchup_one(cplan, bars && !many).await?;
+            Ok::<_, anyhow::Error>((l, c))
+        }));
+    }
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for (t, h) in a.targets.iter().zip(tasks) {
+        let addr = Server::parse("target", t)?.addr();
+        match h.await.expect("provision task panicked") {
+            Ok((l, c)) => results.push(json!({
+                "target": addr, "ok": true, "rows": l.rows, "chunks_loaded": l.chunks_loaded,
+                "chunks_resumed": l.chunks_resumed, "replicating": c.replicating, "caught_up": c.caught_up,
+                "gtid_reached": c.gtid_reached, "load_s": l.elapsed_s, "catchup_s": c.elapsed_s,
+            })),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+                results.push(json!({"target": addr, "ok": false, "replicating": false, "caught_up": false, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    if a.json {
+        print_json(json!({
+            "snapshot": manifest.snapshot,
+            "gtid": manifest.position.gtid,
+            "extract": extract_summary,
+            "targets": results,
+            "ok": failed == 0,
+        }));
+    }
+    if failed > 0 {
+        return Err(anyhow::anyhow!(
+            "{failed} of {} targets failed (see above)",
+            a.targets.len()
+        ));
+    }
+    eprintln!(
+        "all {} target(s) replicate from the master and are caught up",
+        a.targets.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let plan = VerifyPlan {
+        source: Server::parse("source", &a.source)?,
+        target: Server::parse("target", &a.target)?,
+        databases: a.databases.clone(),
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let r = replseed_catchup::verify::run(plan)
+        .await
+        .context("verify failed")?;
+    for d in &r.differences {
+        eprintln!("DIFFERENCE {d}");
+    }
+    if a.json {
+        print_json(serde_json::to_value(&r)?);
+    }
+    eprintln!(
+        "compared {} databases, {} tables ({} rows), {} objects: {}",
+        r.databases.len(),
+        r.tables,
+        r.rows,
+        r.objects,
+        r.method
+    );
+    if r.differences.is_empty() {
+        eprintln!("identical");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(Failure {
+            code: 4,
+            message: format!(
+                "{} difference(s) between master and replica (listed above)",
+                r.differences.len()
+            ),
+        }
+        .into())
+    }
+}

@@ -1,0 +1,37 @@
+//! The contract between replseed's stages.
+//!
+//! `extract` writes a snapshot through this crate; `load` and `catchup`
+//! read it back. Nothing else builds object paths or parses manifests.
+//!
+//! # Layout
+//! * [`layout`]: object names (snapshot folders, chunk files, manifest).
+//! * [`manifest`]: the manifest, written last as the commit point.
+//! * [`types`]: the MariaDB-to-Arrow type mapping, both ways.
+//! * [`store`]: the [`Stage`] (local directory or S3 prefix) and chunk I/O.
+//! * [`error`]: [`StageError`].
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod sql;
+pub mod store;
+pub mod types;
+
+pub use error::StageError;
+pub use manifest::Manifest;
+pub use store::{ChunkProps, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport};
+
+/// The current time as RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// A snapshot id made from the current UTC time: `20261124T210915Z`.
+pub fn default_snapshot_id() -> String {
+    now_rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect()
+}

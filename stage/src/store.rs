@@ -1,0 +1,750 @@
+//! [`Stage`]: where snapshots live (a local directory or an S3 prefix), and
+//! the operations on them: publish, list, read, verify, delete, and chunk I/O.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWrite;
+
+use crate::error::StageError;
+use crate::layout;
+use crate::manifest::{Chunk, Manifest, FORMAT_NAME, FORMAT_VERSION};
+
+/// A stage: the root under which snapshots are stored.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+    local_root: Option<PathBuf>,
+}
+
+/// State of a snapshot id in a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// Manifest present.
+    Published,
+    /// Objects but no manifest.
+    Incomplete,
+    /// Nothing under the prefix.
+    Absent,
+}
+
+/// One entry of [`Stage::list`].
+#[derive(Debug, Clone)]
+pub struct SnapshotEntry {
+    /// Snapshot id.
+    pub id: String,
+    /// The manifest, if published and readable.
+    pub manifest: Option<Manifest>,
+    /// Why the manifest could not be used (unreadable or newer format).
+    pub problem: Option<String>,
+}
+
+/// Result of [`Stage::verify`].
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Chunks checked.
+    pub chunks: u64,
+    /// Rows counted.
+    pub rows: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// One line per bad chunk (key and reason).
+    pub bad: Vec<String>,
+    /// Objects under the snapshot not named by the manifest.
+    pub unexpected: Vec<String>,
+}
+
+impl Stage {
+    /// Opens a stage from `file:///dir`, a plain path, or `s3://bucket/prefix`
+    /// (endpoint and credentials from the `AWS_*` environment variables).
+    /// A local directory is created if missing.
+    pub fn open(url: &str) -> Result<Stage, StageError> {
+        let bad = |reason: &str| StageError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = url
+            .strip_prefix("s3://")
+            .or_else(|| url.strip_prefix("s3a://"))
+        {
+            let (bucket, prefix) = match rest.split_once('/') {
+                Some((b, p)) => (b, p.trim_matches('/')),
+                None => (rest, ""),
+            };
+            if bucket.is_empty() {
+                return Err(bad("no bucket name; use s3://bucket/prefix"));
+            }
+            let store = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(object_store::RetryConfig {
+                    backoff: Default::default(),
+                    max_retries: 4,
+                    retry_timeout: Duration::from_secs(60),
+                })
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
+            let root = Path::parse(prefix).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Stage {
+                store: Arc::new(store),
+                root,
+                url: format!("s3://{bucket}/{prefix}")
+                    .trim_end_matches('/')
+                    .to_string(),
+                local_root: None,
+            });
+        }
+        let dir = if let Some(rest) = url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(bad(
+                    "file URLs need an absolute path: file:///path/to/stage",
+                ));
+            }
+            PathBuf::from(rest)
+        } else if url.contains("://") {
+            return Err(bad(
+                "supported stages are file:///path, a plain path, and s3://bucket/prefix",
+            ));
+        } else if url.is_empty() {
+            return Err(bad("empty"));
+        } else {
+            PathBuf::from(url)
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| StageError::Unreachable {
+            url: url.to_string(),
+            reason: format!("cannot create directory {}: {e}", dir.display()),
+        })?;
+        let dir = dir.canonicalize().map_err(|e| StageError::Unreachable {
+            url: url.to_string(),
+            reason: format!("{}: {e}", dir.display()),
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| bad(&e.to_string()))?
+            .with_automatic_cleanup(true);
+        Ok(Stage {
+            store: Arc::new(store),
+            root: Path::default(),
+            url: format!("file://{}", dir.display()),
+            local_root: Some(dir),
+        })
+    }
+
+    /// The canonical URL of the stage.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The local directory of a `file://` stage.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
+    /// The object-store path of a path relative to the stage root.
+    pub fn object_path(&self, rel: &str) -> Path {
+        let mut p = self.root.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    fn store_err(&self, key: &str, e: object_store::Error) -> StageError {
+        match e {
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StageError::Unreachable {
+                    url: self.url.clone(),
+                    reason: format!("access denied on `{key}` ({e}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"),
+                }
+            }
+            other => StageError::Store {
+                url: self.url.clone(),
+                key: key.to_string(),
+                source: other,
+            },
+        }
+    }
+
+    /// Checks that the stage can be listed (bucket exists, credentials work).
+    pub async fn check_access(&self) -> Result<(), StageError> {
+        match self.store.list_with_delimiter(Some(&self.root)).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) if self.local_root.is_some() => Ok(()),
+            Err(e) => Err(StageError::Unreachable {
+                url: self.url.clone(),
+                reason: format!(
+                    "{e}; check that the bucket exists, and AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"
+                ),
+            }),
+        }
+    }
+
+    /// Whether a snapshot id is published, incomplete or absent.
+    pub async fn state(&self, id: &str) -> Result<SnapshotState, StageError> {
+        layout::validate_snapshot_id(id)?;
+        let key = layout::manifest_path(id);
+        match self.store.head(&self.object_path(&key)).await {
+            Ok(_) => return Ok(SnapshotState::Published),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.store_err(&key, e)),
+        }
+        let prefix = self.object_path(id);
+        let mut list = self.store.list(Some(&prefix));
+        match list.next().await {
+            None => Ok(SnapshotState::Absent),
+            Some(Ok(_)) => Ok(SnapshotState::Incomplete),
+            Some(Err(object_store::Error::NotFound { .. })) => Ok(SnapshotState::Absent),
+            Some(Err(e)) => Err(self.store_err(id, e)),
+        }
+    }
+
+    /// Lists snapshot folders: published ones with their manifest, and
+    /// incomplete ones (no manifest), sorted by id.
+    pub async fn list(&self) -> Result<Vec<SnapshotEntry>, StageError> {
+        self.check_access().await?;
+        let listing = match self.store.list_with_delimiter(Some(&self.root)).await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.store_err("", e)),
+        };
+        let mut out = Vec::new();
+        for p in listing.common_prefixes {
+            let Some(id) = p.filename().map(|s| s.to_string()) else {
+                continue;
+            };
+            if layout::validate_snapshot_id(&id).is_err() {
+                continue;
+            }
+            match self.read_manifest(&id).await {
+                Ok(m) => out.push(SnapshotEntry {
+                    id,
+                    manifest: Some(m),
+                    problem: None,
+                }),
+                Err(StageError::SnapshotNotFound { .. }) => out.push(SnapshotEntry {
+                    id,
+                    manifest: None,
+                    problem: None,
+                }),
+                Err(e) => out.push(SnapshotEntry {
+                    id,
+                    manifest: None,
+                    problem: Some(e.to_string()),
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Reads and checks a published manifest.
+    pub async fn read_manifest(&self, id: &str) -> Result<Manifest, StageError> {
+        layout::validate_snapshot_id(id)?;
+        let key = layout::manifest_path(id);
+        let bytes = match self.store.get(&self.object_path(&key)).await {
+            Ok(r) => r.bytes().await.map_err(|e| self.store_err(&key, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(StageError::SnapshotNotFound {
+                    id: id.to_string(),
+                    url: self.url.clone(),
+                })
+            }
+            Err(e) => return Err(self.store_err(&key, e)),
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StageError::BadManifest {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if m.format != FORMAT_NAME {
+            return Err(StageError::BadManifest {
+                key,
+                reason: format!("format is `{}`, not {FORMAT_NAME}", m.format),
+            });
+        }
+        if m.format_version > FORMAT_VERSION {
+            return Err(StageError::BadManifest {
+                key,
+                reason: format!(
+                    "format version {} is newer than this replseed reads ({FORMAT_VERSION}); upgrade replseed",
+                    m.format_version
+                ),
+            });
+        }
+        if m.snapshot != id {
+            return Err(StageError::BadManifest {
+                key,
+                reason: format!("it names snapshot `{}`", m.snapshot),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Reads the manifest of `id`, or of the most recent published snapshot
+    /// when `id` is `latest` (by `finished_at`, then id).
+    pub async fn resolve(&self, id: &str) -> Result<Manifest, StageError> {
+        if id != "latest" {
+            return self.read_manifest(id).await;
+        }
+        let mut best: Option<Manifest> = None;
+        for e in self.list().await? {
+            if let Some(m) = e.manifest {
+                let newer = match &best {
+                    None => true,
+                    Some(b) => {
+                        (m.finished_at.as_str(), m.snapshot.as_str())
+                            > (b.finished_at.as_str(), b.snapshot.as_str())
+                    }
+                };
+                if newer {
+                    best = Some(m);
+                }
+            }
+        }
+        best.ok_or_else(|| StageError::NoSnapshots {
+            url: self.url.clone(),
+        })
+    }
+
+    /// Publishes a manifest: the commit point of a snapshot. The put is
+    /// create-only, so an existing snapshot is never overwritten.
+    pub async fn publish(&self, manifest: &Manifest) -> Result<(), StageError> {
+        let key = layout::manifest_path(&manifest.snapshot);
+        let body = serde_json::to_vec_pretty(manifest).map_err(|e| StageError::BadManifest {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.object_path(&key), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StageError::SnapshotExists {
+                id: manifest.snapshot.clone(),
+                url: self.url.clone(),
+            }),
+            Err(e) => Err(self.store_err(&key, e)),
+        }
+    }
+
+    /// Deletes a snapshot: the manifest first (so it turns invisible at
+    /// once), then every object under its prefix. Returns the objects deleted.
+    pub async fn delete(&self, id: &str) -> Result<u64, StageError> {
+        layout::validate_snapshot_id(id)?;
+        if self.state(id).await? == SnapshotState::Absent {
+            return Err(StageError::SnapshotNotFound {
+                id: id.to_string(),
+                url: self.url.clone(),
+            });
+        }
+        let mkey = layout::manifest_path(id);
+        let mut n = 0;
+        match self.store.delete(&self.object_path(&mkey)).await {
+            Ok(()) => n += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.store_err(&mkey, e)),
+        }
+        let prefix = self.object_path(id);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(id, e))?;
+        for m in metas {
+            match self.store.delete(&m.location).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.store_err(m.location.as_ref(), e)),
+            }
+        }
+        if let Some(root) = &self.local_root {
+            let _ = std::fs::remove_dir_all(root.join(id));
+        }
+        Ok(n)
+    }
+
+    /// Starts writing a chunk file at `rel` (relative to the stage root).
+    pub fn chunk_writer(
+        &self,
+        rel: &str,
+        schema: SchemaRef,
+        props: &ChunkProps,
+    ) -> Result<ChunkWriter, StageError> {
+        let sink = HashingWriter {
+            inner: BufWriter::with_capacity(self.store.clone(), self.object_path(rel), 8 << 20)
+                .with_max_concurrency(2),
+            state: Arc::new(Mutex::new((Sha256::new(), 0))),
+        };
+        let state = sink.state.clone();
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(props.writer_properties()))
+            .map_err(|e| StageError::Parquet {
+                key: rel.to_string(),
+                source: e,
+            })?;
+        Ok(ChunkWriter {
+            writer,
+            rel: rel.to_string(),
+            rows: 0,
+            state,
+        })
+    }
+
+    /// Reads a chunk's bytes into a local file, checking size and SHA-256
+    /// against the manifest. For a `file://` stage the file is used in place
+    /// after it is hashed.
+    pub async fn fetch_chunk(
+        &self,
+        chunk: &Chunk,
+        spool: &std::path::Path,
+    ) -> Result<LocalChunk, StageError> {
+        let key = chunk.path.clone();
+        let io = |what: &str, e: std::io::Error| StageError::Io {
+            what: format!("{what} for chunk `{key}`"),
+            source: e,
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let local = if let Some(root) = &self.local_root {
+            let path = root.join(&chunk.path);
+            let p2 = path.clone();
+            let (h, n) = tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
+                use std::io::Read;
+                let mut f = std::fs::File::open(&p2)?;
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let r = f.read(&mut buf)?;
+                    if r == 0 {
+                        break;
+                    }
+                    h.update(&buf[..r]);
+                    n += r as u64;
+                }
+                Ok((h, n))
+            })
+            .await
+            .expect("hash task")
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StageError::ChunkCorrupt {
+                        key: key.clone(),
+                        reason: "the file is missing".into(),
+                    }
+                } else {
+                    io("reading", e)
+                }
+            })?;
+            hasher = h;
+            size = n;
+            LocalChunk { path, _tmp: None }
+        } else {
+            let tmp = tempfile::Builder::new()
+                .prefix("replseed-chunk-")
+                .suffix(".parquet")
+                .tempfile_in(spool)
+                .map_err(|e| io("creating spool file", e))?;
+            let mut file =
+                tokio::fs::File::from_std(tmp.reopen().map_err(|e| io("opening spool file", e))?);
+            let obj = self.object_path(&chunk.path);
+            let got = match self.store.get(&obj).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(StageError::ChunkCorrupt {
+                        key,
+                        reason: "the object is missing".into(),
+                    })
+                }
+                Err(e) => return Err(self.store_err(&key, e)),
+            };
+            let mut stream = got.into_stream();
+            use tokio::io::AsyncWriteExt;
+            while let Some(part) = stream.next().await {
+                let part = part.map_err(|e| self.store_err(&key, e))?;
+                hasher.update(&part);
+                size += part.len() as u64;
+                file.write_all(&part)
+                    .await
+                    .map_err(|e| io("writing spool file", e))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| io("writing spool file", e))?;
+            LocalChunk {
+                path: tmp.path().to_path_buf(),
+                _tmp: Some(tmp),
+            }
+        };
+        if size != chunk.bytes {
+            return Err(StageError::ChunkCorrupt {
+                key,
+                reason: format!("{size} bytes, the manifest says {}", chunk.bytes),
+            });
+        }
+        let digest = hex::encode(hasher.finalize());
+        if digest != chunk.sha256 {
+            return Err(StageError::ChunkCorrupt {
+                key,
+                reason: format!("SHA-256 is {digest}, the manifest says {}", chunk.sha256),
+            });
+        }
+        Ok(local)
+    }
+
+    /// Re-reads every chunk of a snapshot: size, SHA-256, and a full decode
+    /// counting rows. Bad chunks are listed in the report, not raised.
+    pub async fn verify(
+        &self,
+        manifest: &Manifest,
+        spool: &std::path::Path,
+    ) -> Result<VerifyReport, StageError> {
+        let mut report = VerifyReport::default();
+        let mut expected = std::collections::HashSet::new();
+        expected.insert(layout::manifest_path(&manifest.snapshot));
+        for (_, t) in manifest.tables() {
+            for c in &t.chunks {
+                expected.insert(c.path.clone());
+                report.chunks += 1;
+                match self.fetch_chunk(c, spool).await {
+                    Ok(local) => {
+                        let path = local.path.clone();
+                        let counted = tokio::task::spawn_blocking(move || count_rows(&path))
+                            .await
+                            .expect("count task");
+                        match counted {
+                            Ok(n) if n == c.rows => {
+                                report.rows += n;
+                                report.bytes += c.bytes;
+                            }
+                            Ok(n) => report.bad.push(format!(
+                                "{}: {n} rows, the manifest says {}",
+                                c.path, c.rows
+                            )),
+                            Err(e) => report
+                                .bad
+                                .push(format!("{}: unreadable Parquet: {e}", c.path)),
+                        }
+                    }
+                    Err(StageError::ChunkCorrupt { key, reason }) => {
+                        report.bad.push(format!("{key}: {reason}"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let prefix = self.object_path(&manifest.snapshot);
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(&manifest.snapshot, e))?;
+        for m in metas {
+            let rel = m
+                .location
+                .prefix_match(&self.root)
+                .map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_string())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_else(|| m.location.to_string());
+            if !expected.contains(&rel) {
+                report.unexpected.push(rel);
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn count_rows(path: &std::path::Path) -> Result<u64, parquet::errors::ParquetError> {
+    let f = std::fs::File::open(path)?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?
+        .with_batch_size(8192)
+        .build()?;
+    let mut n = 0u64;
+    for b in reader {
+        n += b?.num_rows() as u64;
+    }
+    Ok(n)
+}
+
+/// A chunk available as a local file (deleted on drop when it was downloaded).
+#[derive(Debug)]
+pub struct LocalChunk {
+    /// Path of the Parquet file.
+    pub path: PathBuf,
+    _tmp: Option<tempfile::NamedTempFile>,
+}
+
+/// Parquet settings for chunks.
+#[derive(Debug, Clone)]
+pub struct ChunkProps {
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for ChunkProps {
+    fn default() -> Self {
+        ChunkProps {
+            zstd_level: 3,
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+impl ChunkProps {
+    /// The compression as recorded in the manifest.
+    pub fn compression_name(&self) -> String {
+        format!("zstd({})", self.zstd_level)
+    }
+
+    fn writer_properties(&self) -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
+            ))
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .set_max_row_group_bytes(Some(64 << 20))
+            .set_created_by(format!("replseed {}", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+}
+
+/// Writes one chunk file, hashing its bytes on the way to the store.
+pub struct ChunkWriter {
+    writer: AsyncArrowWriter<HashingWriter>,
+    rel: String,
+    rows: u64,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl std::fmt::Debug for ChunkWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkWriter")
+            .field("path", &self.rel)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl ChunkWriter {
+    /// Appends a batch.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), StageError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| StageError::Parquet {
+                key: self.rel.clone(),
+                source: e,
+            })
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes written so far, the buffered row group included (approximate).
+    pub fn bytes(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Finishes the file and returns its manifest entry (without key range).
+    pub async fn finish(self) -> Result<Chunk, StageError> {
+        let rel = self.rel.clone();
+        self.writer.close().await.map_err(|e| StageError::Parquet {
+            key: rel.clone(),
+            source: e,
+        })?;
+        let (hasher, n) = {
+            let mut g = self.state.lock().expect("hash state");
+            std::mem::replace(&mut *g, (Sha256::new(), 0))
+        };
+        Ok(Chunk {
+            path: rel,
+            rows: self.rows,
+            bytes: n,
+            sha256: hex::encode(hasher.finalize()),
+            key_range: None,
+        })
+    }
+}
+
+/// AsyncWrite adapter that hashes and counts what it passes on.
+struct HashingWriter {
+    inner: BufWriter,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl AsyncWrite for HashingWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                let mut g = this.state.lock().expect("hash state");
+                g.0.update(&buf[..n]);
+                g.1 += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes of a small object (used by tests and tools).
+pub async fn get_bytes(stage: &Stage, rel: &str) -> Result<Bytes, StageError> {
+    let r = stage
+        .store
+        .get(&stage.object_path(rel))
+        .await
+        .map_err(|e| stage.store_err(rel, e))?;
+    r.bytes().await.map_err(|e| stage.store_err(rel, e))
+}
+
+/// Overwrites an object (for tests that corrupt chunks).
+pub async fn put_bytes(stage: &Stage, rel: &str, data: Bytes) -> Result<(), StageError> {
+    stage
+        .store
+        .put(&stage.object_path(rel), PutPayload::from(data))
+        .await
+        .map_err(|e| stage.store_err(rel, e))?;
+    Ok(())
+}
