@@ -18,7 +18,7 @@ pub struct Cli {
     pub log: String,
 
     /// No progress bars, even on a terminal.
-    #[arg(long, global = true, env = "REPLSEED_NO_PROGRESS")]
+    #[arg(long, global = true, env = "REPLSEED_NO_PROGRESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_progress: bool,
 
     #[command(subcommand)]
@@ -102,7 +102,7 @@ pub struct ExtractArgs {
     pub tuning: TuningArgs,
 
     /// Print a one-line JSON summary on stdout.
-    #[arg(long, env = "REPLSEED_JSON")]
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 
@@ -113,7 +113,7 @@ pub enum SnapshotsCommand {
         #[command(flatten)]
         stage: StageArg,
         /// JSON on stdout.
-        #[arg(long, env = "REPLSEED_JSON")]
+        #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
         json: bool,
     },
     /// Show a snapshot's position, tables and chunks.
@@ -123,7 +123,7 @@ pub enum SnapshotsCommand {
         #[command(flatten)]
         stage: StageArg,
         /// JSON on stdout.
-        #[arg(long, env = "REPLSEED_JSON")]
+        #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
         json: bool,
     },
     /// Re-read every chunk and check sizes, checksums and row counts.
@@ -133,7 +133,7 @@ pub enum SnapshotsCommand {
         #[command(flatten)]
         stage: StageArg,
         /// JSON on stdout.
-        #[arg(long, env = "REPLSEED_JSON")]
+        #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
         json: bool,
     },
     /// Delete a snapshot (manifest first, then its chunks).
@@ -151,7 +151,7 @@ pub enum SnapshotsCommand {
         #[arg(long, env = "REPLSEED_KEEP")]
         keep: usize,
         /// JSON on stdout.
-        #[arg(long, env = "REPLSEED_JSON")]
+        #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
         json: bool,
     },
 }
@@ -164,7 +164,7 @@ pub struct LoadOpts {
 
     /// Drop and replace the snapshot's objects that already exist on the target
     /// (nothing outside the snapshot is touched).
-    #[arg(long, env = "REPLSEED_FORCE")]
+    #[arg(long, env = "REPLSEED_FORCE", value_parser = clap::builder::FalseyValueParser::new())]
     pub force: bool,
 
     /// Directory for downloaded chunks (S3 stages); default: the system temp dir.
@@ -189,7 +189,7 @@ pub struct LoadArgs {
     pub opts: LoadOpts,
 
     /// Print a one-line JSON summary on stdout.
-    #[arg(long, env = "REPLSEED_JSON")]
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 
@@ -237,7 +237,7 @@ pub struct CatchupArgs {
     pub replication: ReplicationOpts,
 
     /// Print a one-line JSON summary on stdout.
-    #[arg(long, env = "REPLSEED_JSON")]
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 
@@ -277,7 +277,7 @@ pub struct ProvisionArgs {
     pub replication: ReplicationOpts,
 
     /// Print a one-line JSON summary on stdout.
-    #[arg(long, env = "REPLSEED_JSON")]
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }
 
@@ -300,6 +300,6 @@ pub struct VerifyArgs {
     pub timeout: u64,
 
     /// Print a one-line JSON summary on stdout.
-    #[arg(long, env = "REPLSEED_JSON")]
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
 }

@@ -1,1 +1,5 @@
+//! Integration tests against real servers: throwaway `mariadbd` instances
+//! and an in-process S3 server (see ci/testkit). One binary, many modules.
 
+mod common;
+mod roundtrip;

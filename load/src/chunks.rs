@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use replseed_stage::manifest::{Chunk, Table};
 use replseed_stage::sql::{qualified, quote_ident, quote_str, Server};
-use replseed_stage::types::TextEncoder;
+use replseed_stage::types::{ColumnKind, TextEncoder};
 
 use crate::LoadError;
 
@@ -20,13 +20,33 @@ const PIECE: usize = 1 << 20;
 
 /// The `LOAD DATA` statement for a table's stored columns.
 pub fn load_statement(db: &str, t: &Table) -> String {
-    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    format!(
+    let mut cols = Vec::with_capacity(t.columns.len());
+    let mut sets = Vec::new();
+    for (i, c) in t.columns.iter().enumerate() {
+        match c.kind {
+            // Under CHARACTER SET binary these types would read the text as
+            // their binary form; read it as text instead.
+            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid => {
+                cols.push(format!("@c{i}"));
+                sets.push(format!(
+                    "{} = CONVERT(@c{i} USING utf8mb4)",
+                    quote_ident(&c.name)
+                ));
+            }
+            _ => cols.push(quote_ident(&c.name)),
+        }
+    }
+    let mut sql = format!(
         "LOAD DATA LOCAL INFILE 'replseed-chunk' INTO TABLE {} CHARACTER SET binary \
          FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
         qualified(db, &t.name),
         cols.join(", ")
-    )
+    );
+    if !sets.is_empty() {
+        sql.push_str(" SET ");
+        sql.push_str(&sets.join(", "));
+    }
+    sql
 }
 
 /// Reads a Parquet file and sends its rows as LOAD DATA text, in pieces.

@@ -6,8 +6,9 @@
 //! ```
 //!
 //! Database and table names are encoded so that any identifier MariaDB
-//! accepts gives a safe key: bytes outside `[A-Za-z0-9_-]` (and a leading
-//! `.`) become `~XX` (upper-case hex of each UTF-8 byte).
+//! accepts gives a key that every object store and filesystem keeps as is:
+//! bytes outside `[A-Za-z0-9_.-]` (and a leading `.`) become `!XX`, the
+//! upper-case hex of each UTF-8 byte (`!` is on S3's list of safe characters).
 
 use crate::error::StageError;
 
@@ -38,11 +39,11 @@ pub fn encode_segment(name: &str) -> String {
         if keep {
             out.push(b as char);
         } else {
-            out.push_str(&format!("~{b:02X}"));
+            out.push_str(&format!("!{b:02X}"));
         }
     }
     if out.is_empty() {
-        out.push_str("~");
+        out.push('!');
     }
     out
 }
@@ -78,9 +79,9 @@ mod tests {
     #[test]
     fn names_encode_safely() {
         assert_eq!(encode_segment("orders"), "orders");
-        assert_eq!(encode_segment("my table/x"), "my~20table~2Fx");
-        assert_eq!(encode_segment(".x"), "~2Ex");
-        assert_eq!(encode_segment("é"), "~C3~A9");
+        assert_eq!(encode_segment("my table/x"), "my!20table!2Fx");
+        assert_eq!(encode_segment(".x"), "!2Ex");
+        assert_eq!(encode_segment("é"), "!C3!A9");
         assert_eq!(
             chunk_path("s1", "db", "t", 3, 1),
             "s1/data/db/t/00003-00001.parquet"

@@ -1,0 +1,244 @@
+//! Shared test helpers: real servers, the replseed binary, fixtures and
+//! the master-versus-replica comparison every end-to-end test uses.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row, Value};
+pub use replseed_testkit::{MariaDb, MariaDbOptions, S3Server};
+
+pub const ALL_TYPES_SQL: &str = include_str!("../fixtures/all_types.sql");
+
+/// Runs the replseed binary with arguments and extra environment.
+pub async fn replseed(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"));
+    cmd.args(args)
+        .env("REPLSEED_NO_PROGRESS", "1")
+        .env_remove("REPLSEED_STAGE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run replseed")
+}
+
+/// Runs replseed and asserts success; returns the parsed `--json` line if any.
+pub async fn replseed_ok(args: &[&str], env: &[(String, String)]) -> serde_json::Value {
+    let out = replseed(args, env).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "replseed {args:?} failed ({:?}):\n{stderr}",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Runs replseed, asserts failure with `code`, returns stderr.
+pub async fn replseed_fails(args: &[&str], env: &[(String, String)], code: i32) -> String {
+    let out = replseed(args, env).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "replseed {args:?}: expected exit {code}; stderr:\n{stderr}"
+    );
+    stderr
+}
+
+/// Executes a multi-statement SQL script.
+pub async fn exec(db: &MariaDb, sql: &str) {
+    let mut c = db.conn().await.expect("connect");
+    c.query_drop(sql).await.unwrap_or_else(|e| {
+        panic!(
+            "SQL failed on {}: {e}\n{}",
+            db.port,
+            &sql[..sql.len().min(300)]
+        )
+    });
+    c.disconnect().await.ok();
+}
+
+/// Loads the all-types fixture (databases `fx` and `we``ird db;`).
+pub async fn load_fixture(db: &MariaDb) {
+    exec(db, ALL_TYPES_SQL).await;
+}
+
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => "NULL".into(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub async fn query(c: &mut Conn, sql: &str) -> Vec<Vec<Value>> {
+    let r: Vec<Row> = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    r.into_iter().map(|r| r.unwrap()).collect()
+}
+
+pub async fn scalar(db: &MariaDb, sql: &str) -> String {
+    let mut c = db.conn().await.expect("connect");
+    let r = query(&mut c, sql).await;
+    c.disconnect().await.ok();
+    r.first().map(|r| text(&r[0])).unwrap_or_default()
+}
+
+fn q(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Everything about a server's databases that must be identical on a
+/// replica: the DDL of every object (verbatim SHOW CREATE output), each
+/// table's CHECKSUM TABLE and row count, every row of history of
+/// system-versioned tables, and each sequence's state.
+pub async fn fingerprint(db: &MariaDb, databases: &[&str]) -> BTreeMap<String, String> {
+    let mut c = db.conn().await.expect("connect");
+    c.query_drop("SET time_zone='+00:00'").await.unwrap();
+    let mut out = BTreeMap::new();
+    for d in databases {
+        let dq = format!("'{}'", d.replace('\'', "''"));
+        let r = query(&mut c, &format!("SHOW CREATE DATABASE {}", q(d))).await;
+        out.insert(format!("database {d}"), text(&r[0][1]));
+        for t in query(&mut c, &format!("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA={dq}")).await {
+            let (name, ty) = (text(&t[0]), text(&t[1]));
+            let full = format!("{}.{}", q(d), q(&name));
+            let kind = match ty.as_str() {
+                "VIEW" => "VIEW",
+                "SEQUENCE" => "SEQUENCE",
+                _ => "TABLE",
+            };
+            let r = query(&mut c, &format!("SHOW CREATE {kind} {full}")).await;
+            out.insert(format!("{kind} {d}.{name} ddl"), text(&r[0][1]));
+            if kind == "TABLE" {
+                let r = query(&mut c, &format!("CHECKSUM TABLE {full}")).await;
+                out.insert(format!("{kind} {d}.{name} checksum"), text(&r[0][1]));
+                let r = query(&mut c, &format!("SELECT COUNT(*) FROM {full}")).await;
+                out.insert(format!("{kind} {d}.{name} rows"), text(&r[0][0]));
+            }
+            if ty == "SYSTEM VERSIONED" {
+                let cols = query(&mut c, &format!("SELECT COLUMN_NAME, GENERATION_EXPRESSION FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={dq} AND TABLE_NAME='{}' ORDER BY ORDINAL_POSITION", name.replace('\'', "''"))).await;
+                let mut list: Vec<String> = cols.iter().map(|c| q(&text(&c[0]))).collect();
+                if !cols.iter().any(|c| text(&c[1]) == "ROW END") {
+                    list.push("ROW_START".into());
+                    list.push("ROW_END".into());
+                }
+                let all = list.join(", ");
+                let r = query(&mut c, &format!("SELECT {all} FROM {full} FOR SYSTEM_TIME ALL ORDER BY {all}")).await;
+                let hist: Vec<String> = r.iter().map(|row| row.iter().map(text).collect::<Vec<_>>().join("|")).collect();
+                out.insert(format!("{kind} {d}.{name} history"), hist.join("\n"));
+            }
+            if kind == "SEQUENCE" {
+                let r = query(&mut c, &format!("SELECT * FROM {full}")).await;
+                out.insert(format!("{kind} {d}.{name} state"), r[0].iter().map(text).collect::<Vec<_>>().join("|"));
+            }
+        }
+        for t in query(
+            &mut c,
+            &format!(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={dq}"
+            ),
+        )
+        .await
+        {
+            let name = text(&t[0]);
+            let r = query(
+                &mut c,
+                &format!("SHOW CREATE TRIGGER {}.{}", q(d), q(&name)),
+            )
+            .await;
+            out.insert(
+                format!("TRIGGER {d}.{name}"),
+                format!(
+                    "{} | {} | {}",
+                    text(&r[0][1]),
+                    text(&r[0][2]),
+                    text(&r[0][3])
+                ),
+            );
+        }
+        for t in query(&mut c, &format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA={dq}")).await {
+            let (name, ty) = (text(&t[0]), text(&t[1]));
+            let r = query(&mut c, &format!("SHOW CREATE {ty} {}.{}", q(d), q(&name))).await;
+            out.insert(format!("{ty} {d}.{name}"), format!("{} | {}", text(&r[0][1]), text(&r[0][2])));
+        }
+        for t in query(
+            &mut c,
+            &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={dq}"),
+        )
+        .await
+        {
+            let name = text(&t[0]);
+            let r = query(&mut c, &format!("SHOW CREATE EVENT {}.{}", q(d), q(&name))).await;
+            // A replica disables the master's events (as MariaDB's own replication does).
+            out.insert(
+                format!("EVENT {d}.{name}"),
+                text(&r[0][3]).replace(" DISABLE ON SLAVE", " ENABLE"),
+            );
+        }
+    }
+    c.disconnect().await.ok();
+    out
+}
+
+/// Asserts the two servers hold identical copies of `databases`.
+pub async fn assert_identical(master: &MariaDb, replica: &MariaDb, databases: &[&str]) {
+    let a = fingerprint(master, databases).await;
+    let b = fingerprint(replica, databases).await;
+    let mut diffs = Vec::new();
+    for (k, v) in &a {
+        match b.get(k) {
+            None => diffs.push(format!("missing on replica: {k}")),
+            Some(w) if w != v => diffs.push(format!(
+                "differs: {k}\n  master:  {}\n  replica: {}",
+                trunc(v),
+                trunc(w)
+            )),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            diffs.push(format!("only on replica: {k}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "master and replica differ:\n{}",
+        diffs.join("\n")
+    );
+    assert!(a.len() > databases.len(), "fingerprint covered nothing");
+}
+
+fn trunc(s: &str) -> String {
+    if s.len() > 400 {
+        format!("{}...", &s[..400])
+    } else {
+        s.to_string()
+    }
+}
+
+pub const FIXTURE_DBS: &[&str] = &["fx", "we`ird db;"];
+
+/// A replica-to-be: binlog on (it may later be promoted) and its own server_id.
+pub async fn replica(server_id: u32) -> MariaDb {
+    MariaDb::start(server_id).await.expect("start replica")
+}
+
+pub async fn master() -> MariaDb {
+    MariaDb::start(1).await.expect("start master")
+}
+
+pub fn file_stage(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
