@@ -2,4 +2,5 @@
 //! and an in-process S3 server (see ci/testkit). One binary, many modules.
 
 mod common;
+mod parquet;
 mod roundtrip;

@@ -74,7 +74,7 @@ pub enum ColumnKind {
     Date,
     /// DATETIME(fsp), as Timestamp(µs) without zone (+ raw sidecar).
     DateTime,
-    /// TIMESTAMP(fsp), as Timestamp(µs, UTC) (+ raw sidecar).
+    /// TIMESTAMP(fsp), as Timestamp(µs, "+00:00") (+ raw sidecar).
     Timestamp,
     /// TIME(fsp), as Duration(µs): negative and beyond 24 h fit.
     Time,
@@ -271,7 +271,7 @@ impl ColumnSpec {
             ColumnKind::Year => DataType::UInt16,
             ColumnKind::Date => DataType::Date32,
             ColumnKind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, None),
-            ColumnKind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnKind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
             ColumnKind::Time => DataType::Duration(TimeUnit::Microsecond),
             ColumnKind::Utf8Text | ColumnKind::Json => DataType::Utf8,
             ColumnKind::Enum | ColumnKind::Set => {
