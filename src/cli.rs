@@ -75,6 +75,11 @@ pub struct TuningArgs {
     /// zstd level of the Parquet chunks (1-22).
     #[arg(long, env = "REPLSEED_ZSTD_LEVEL", default_value_t = 3)]
     pub zstd_level: i32,
+
+    /// Tries at opening the workers' snapshots without any lock before
+    /// holding FLUSH TABLES WITH READ LOCK while they open (0: always lock).
+    #[arg(long, env = "REPLSEED_LOCK_FREE_ATTEMPTS", default_value_t = 5)]
+    pub lock_free_attempts: u32,
 }
 
 #[derive(Debug, Args)]

@@ -2,5 +2,7 @@
 //! and an in-process S3 server (see ci/testkit). One binary, many modules.
 
 mod common;
+mod consistency;
 mod parquet;
 mod roundtrip;
+mod s3;

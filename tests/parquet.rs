@@ -71,9 +71,16 @@ fn parquet_rows(stage_dir: &Path, t: &Table) -> Vec<Vec<String>> {
                 for col in &t.columns {
                     let i = schema.index_of(&col.name).unwrap();
                     let arr = batch.column(i);
-                    let kind = schema.field(i).metadata().get("replseed.kind").cloned().unwrap_or_default();
+                    let kind = schema
+                        .field(i)
+                        .metadata()
+                        .get("replseed.kind")
+                        .cloned()
+                        .unwrap_or_default();
                     if arr.is_null(row) {
-                        let r = raw.get(&col.name).map(|&ri| batch.column(ri).as_string::<i32>());
+                        let r = raw
+                            .get(&col.name)
+                            .map(|&ri| batch.column(ri).as_string::<i32>());
                         vals.push(match r {
                             Some(r) if !r.is_null(row) => r.value(row).to_string(),
                             _ => "NULL".into(),
@@ -81,10 +88,20 @@ fn parquet_rows(stage_dir: &Path, t: &Table) -> Vec<Vec<String>> {
                         continue;
                     }
                     let v = match arr.data_type() {
-                        DataType::Float32 => format!("f32:{:08x}", arr.as_primitive::<Float32Type>().value(row).to_bits()),
-                        DataType::Float64 => format!("f64:{:016x}", arr.as_primitive::<Float64Type>().value(row).to_bits()),
+                        DataType::Float32 => format!(
+                            "f32:{:08x}",
+                            arr.as_primitive::<Float32Type>().value(row).to_bits()
+                        ),
+                        DataType::Float64 => format!(
+                            "f64:{:016x}",
+                            arr.as_primitive::<Float64Type>().value(row).to_bits()
+                        ),
                         DataType::UInt64 if kind == "bit" => {
-                            format!("{:X}", arr.as_primitive::<arrow::datatypes::UInt64Type>().value(row))
+                            format!(
+                                "{:X}",
+                                arr.as_primitive::<arrow::datatypes::UInt64Type>()
+                                    .value(row)
+                            )
                         }
                         DataType::Duration(_) => arr
                             .as_primitive::<arrow::datatypes::DurationMicrosecondType>()
@@ -92,7 +109,10 @@ fn parquet_rows(stage_dir: &Path, t: &Table) -> Vec<Vec<String>> {
                             .to_string(),
                         DataType::Utf8 => hex::encode_upper(arr.as_string::<i32>().value(row)),
                         DataType::Binary => hex::encode_upper(arr.as_binary::<i32>().value(row)),
-                        _ => ArrayFormatter::try_new(arr.as_ref(), &opts).unwrap().value(row).to_string(),
+                        _ => ArrayFormatter::try_new(arr.as_ref(), &opts)
+                            .unwrap()
+                            .value(row)
+                            .to_string(),
                     };
                     vals.push(v);
                 }
@@ -107,19 +127,35 @@ fn parquet_rows(stage_dir: &Path, t: &Table) -> Vec<Vec<String>> {
 
 async fn master_rows(master: &MariaDb, db: &str, t: &Table) -> Vec<Vec<String>> {
     let q = |s: &str| format!("`{}`", s.replace('`', "``"));
-    let exprs: Vec<String> = t.columns.iter().map(|c| master_expr(&c.data_type, &q(&c.name))).collect();
+    let exprs: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| master_expr(&c.data_type, &q(&c.name)))
+        .collect();
     let mut sql = format!("SELECT {} FROM {}.{}", exprs.join(", "), q(db), q(&t.name));
     if t.system_versioned {
         sql.push_str(" FOR SYSTEM_TIME ALL");
     }
     if !t.primary_key.is_empty() {
-        sql.push_str(&format!(" ORDER BY {}", t.primary_key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")));
+        sql.push_str(&format!(
+            " ORDER BY {}",
+            t.primary_key
+                .iter()
+                .map(|k| q(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let mut c = master.conn().await.unwrap();
     c.query_drop("SET time_zone='+00:00'").await.unwrap();
-    let rows: Vec<Row> = c.exec(sql.as_str(), ()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows: Vec<Row> = c
+        .exec(sql.as_str(), ())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     c.disconnect().await.ok();
-    rows.into_iter().map(|r| r.unwrap().iter().map(value_text).collect()).collect()
+    rows.into_iter()
+        .map(|r| r.unwrap().iter().map(value_text).collect())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,11 +164,25 @@ async fn staged_parquet_equals_the_source() {
     load_fixture(&master).await;
     let dir = tempfile::tempdir().unwrap();
     replseed_ok(
-        &["extract", "--source", &master.url(), "--stage", &file_stage(dir.path()), "--snapshot", "pq", "--chunk-rows", "4000", "--threads", "2"],
+        &[
+            "extract",
+            "--source",
+            &master.url(),
+            "--stage",
+            &file_stage(dir.path()),
+            "--snapshot",
+            "pq",
+            "--chunk-rows",
+            "4000",
+            "--threads",
+            "2",
+        ],
         &[],
     )
     .await;
-    let m: Manifest = serde_json::from_slice(&std::fs::read(dir.path().join("pq/manifest.json")).unwrap()).unwrap();
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("pq/manifest.json")).unwrap())
+            .unwrap();
     let mut tables = 0;
     let mut values = 0;
     for (d, t) in m.tables() {
@@ -144,15 +194,25 @@ async fn staged_parquet_equals_the_source() {
         }
         assert_eq!(a.len(), b.len(), "row count of {}.{}", d.name, t.name);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert_eq!(x, y, "{}.{} row {i}: parquet vs master (columns {:?})", d.name, t.name,
-                t.columns.iter().map(|c| &c.name).collect::<Vec<_>>());
+            assert_eq!(
+                x,
+                y,
+                "{}.{} row {i}: parquet vs master (columns {:?})",
+                d.name,
+                t.name,
+                t.columns.iter().map(|c| &c.name).collect::<Vec<_>>()
+            );
             values += x.len();
         }
         tables += 1;
     }
     // The split of the large table along its key, and every table present.
     let big = m.tables().find(|(_, t)| t.name == "big").unwrap().1;
-    assert!(big.chunks.len() >= 3, "big was not split: {:?}", big.chunks.len());
+    assert!(
+        big.chunks.len() >= 3,
+        "big was not split: {:?}",
+        big.chunks.len()
+    );
     assert!(big.chunks.iter().all(|c| c.key_range.is_some()));
     assert!(tables >= 24, "only {tables} tables");
     assert!(values > 30_000, "only {values} values compared");
@@ -167,8 +227,22 @@ async fn parquet_columns_use_natural_types_with_the_mariadb_type_in_metadata() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    replseed_ok(&["extract", "--source", &master.url(), "--stage", &file_stage(dir.path()), "--snapshot", "n"], &[]).await;
-    let m: Manifest = serde_json::from_slice(&std::fs::read(dir.path().join("n/manifest.json")).unwrap()).unwrap();
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &master.url(),
+            "--stage",
+            &file_stage(dir.path()),
+            "--snapshot",
+            "n",
+        ],
+        &[],
+    )
+    .await;
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.path().join("n/manifest.json")).unwrap())
+            .unwrap();
     let t = m.tables().next().unwrap().1;
     let f = std::fs::File::open(dir.path().join(&t.chunks[0].path)).unwrap();
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
@@ -183,8 +257,14 @@ async fn parquet_columns_use_natural_types_with_the_mariadb_type_in_metadata() {
     assert_eq!(ty("dt"), DataType::Date32);
     assert!(matches!(ty("ts"), DataType::Timestamp(_, Some(_))));
     assert!(matches!(ty("tm"), DataType::Duration(_)));
-    assert_eq!(schema.field_with_name("big").unwrap().metadata()["mysql.column_type"], "decimal(60,5)");
-    assert_eq!(schema.field_with_name("id").unwrap().metadata()["mysql.column_type"], "int(10) unsigned");
+    assert_eq!(
+        schema.field_with_name("big").unwrap().metadata()["mysql.column_type"],
+        "decimal(60,5)"
+    );
+    assert_eq!(
+        schema.field_with_name("id").unwrap().metadata()["mysql.column_type"],
+        "int(10) unsigned"
+    );
     // Sidecars exist only for the temporal types that can hold zero dates.
     assert!(schema.field_with_name("dt#raw").is_ok());
     assert!(schema.field_with_name("s#raw").is_err());

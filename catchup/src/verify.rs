@@ -10,7 +10,10 @@
 //!    exactly at `G`.
 //! 4. Every table is hashed on both sides (row count plus an
 //!    order-independent hash of every row, history rows included), and the
-//!    DDL of every object is compared.
+//!    DDL of every object is compared. Non-transactional tables (MyISAM,
+//!    Aria) are outside the master's snapshot: each is held with `LOCK
+//!    TABLES ... READ` on the master just while it is hashed, and the
+//!    replica is brought to the GTID of that moment before it is hashed.
 //! 5. Replication is started again.
 //!
 //! When the target is not replicating, both sides are compared as they
@@ -255,6 +258,74 @@ async fn snapshot_gtid(conn: &mut Conn, server: &Server) -> Result<String, DbErr
     Ok(g.first().map(|r| text(&r[0])).unwrap_or_default())
 }
 
+/// Records the difference of one table's (count, hash, hash) and returns its master row count.
+fn table_diff(
+    db: &str,
+    t: &str,
+    a: &[Vec<Value>],
+    b: &[Vec<Value>],
+    diffs: &mut Vec<String>,
+) -> u64 {
+    let (ac, bc) = (text(&a[0][0]), text(&b[0][0]));
+    if ac != bc {
+        diffs.push(format!(
+            "table `{db}`.`{t}`: {ac} rows on the master, {bc} on the replica"
+        ));
+    } else if a[0][1..] != b[0][1..] {
+        diffs.push(format!(
+            "table `{db}`.`{t}`: same row count ({ac}) but the contents differ"
+        ));
+    }
+    ac.parse().unwrap_or(0)
+}
+
+/// Stops the replica exactly at `gtid` (both threads stopped afterwards).
+async fn pin_replica(
+    r: &mut Conn,
+    tgt: &Server,
+    gtid: &str,
+    timeout: Duration,
+) -> Result<(), CatchupError> {
+    r.query_drop("STOP SLAVE")
+        .await
+        .map_err(|e| tgt.err("STOP SLAVE", &e))?;
+    r.query_drop(format!(
+        "START SLAVE UNTIL master_gtid_pos={}",
+        quote_str(gtid)
+    ))
+    .await
+    .map_err(|e| tgt.err("START SLAVE UNTIL", &e))?;
+    let t0 = Instant::now();
+    loop {
+        let st = slave_status(r, tgt).await?;
+        if st
+            .get("Slave_SQL_Running")
+            .map(|s| s != "Yes")
+            .unwrap_or(true)
+        {
+            let err = st.get("Last_SQL_Error").cloned().unwrap_or_default();
+            if !err.is_empty() {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: err,
+                });
+            }
+            return Ok(());
+        }
+        if t0.elapsed() > timeout {
+            let _ = r.query_drop("STOP SLAVE").await;
+            let _ = r.query_drop("START SLAVE").await;
+            return Err(CatchupError::Timeout {
+                server: tgt.name(),
+                secs: timeout.as_secs(),
+                at: st.get("Gtid_Slave_Pos").cloned().unwrap_or_default(),
+                goal: gtid.to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs a verify.
 pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
     let started = Instant::now();
@@ -283,46 +354,13 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         .unwrap_or(false)
         && st.get("Using_Gtid").map(|s| s != "No").unwrap_or(false);
     let (method, gtid) = if replicating {
-        // UNTIL master_gtid_pos needs both threads stopped.
+        // Stop first, so that the replica cannot be past the master's snapshot.
         r.query_drop("STOP SLAVE")
             .await
             .map_err(|e| tgt.err("STOP SLAVE", &e))?;
         let g = snapshot_gtid(&mut m, src).await?;
-        r.query_drop(format!(
-            "START SLAVE UNTIL master_gtid_pos={}",
-            quote_str(&g)
-        ))
-        .await
-        .map_err(|e| tgt.err("START SLAVE UNTIL", &e))?;
-        let t0 = Instant::now();
-        loop {
-            let st = slave_status(&mut r, tgt).await?;
-            if st
-                .get("Slave_SQL_Running")
-                .map(|s| s != "Yes")
-                .unwrap_or(true)
-            {
-                let err = st.get("Last_SQL_Error").cloned().unwrap_or_default();
-                if !err.is_empty() {
-                    return Err(CatchupError::Replication {
-                        server: tgt.name(),
-                        detail: err,
-                    });
-                }
-                break;
-            }
-            if t0.elapsed() > plan.timeout {
-                let _ = r.query_drop("STOP SLAVE").await;
-                let _ = r.query_drop("START SLAVE").await;
-                return Err(CatchupError::Timeout {
-                    server: tgt.name(),
-                    secs: plan.timeout.as_secs(),
-                    at: st.get("Gtid_Slave_Pos").cloned().unwrap_or_default(),
-                    goal: g,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // UNTIL master_gtid_pos needs both threads stopped.
+        pin_replica(&mut r, tgt, &g, plan.timeout).await?;
         info!(gtid = %g, "replica stopped at the master's snapshot GTID");
         (
             format!("replica stopped at the master's snapshot GTID '{g}'"),
@@ -339,7 +377,15 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         .await
         .map_err(|e| tgt.err("opening a consistent snapshot", &e))?;
 
-    let result = compare(&mut m, &mut r, src, tgt, &dbs).await;
+    let result = compare(
+        &mut m,
+        &mut r,
+        src,
+        tgt,
+        &dbs,
+        replicating.then_some(plan.timeout),
+    )
+    .await;
     let _ = r.query_drop("COMMIT").await;
     if replicating {
         let _ = r.query_drop("STOP SLAVE").await;
@@ -367,8 +413,10 @@ async fn compare(
     src: &Server,
     tgt: &Server,
     dbs: &[String],
+    pinned: Option<Duration>,
 ) -> Result<(u64, u64, u64, Vec<String>), CatchupError> {
     let mut diffs = Vec::new();
+    let mut non_transactional = Vec::new();
     let (mut tables, mut total_rows, mut objs) = (0u64, 0u64, 0u64);
     for db in dbs {
         let mdb = rows(m, src, &format!("SHOW CREATE DATABASE {}", quote_ident(db))).await?;
@@ -412,38 +460,64 @@ async fn compare(
                 ));
             }
         }
-        let base: Vec<(String, bool)> = rows(
+        let base: Vec<(String, bool, bool)> = rows(
             m,
             src,
             &format!(
-                "SELECT TABLE_NAME, TABLE_TYPE='SYSTEM VERSIONED' FROM information_schema.TABLES WHERE TABLE_SCHEMA={} AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED') ORDER BY TABLE_NAME",
+                "SELECT TABLE_NAME, TABLE_TYPE='SYSTEM VERSIONED', ENGINE='InnoDB' FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA={} AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED') ORDER BY TABLE_NAME",
                 quote_str(db)
             ),
         )
         .await?
         .iter()
-        .map(|r| (text(&r[0]), text(&r[1]) == "1"))
+        .map(|r| (text(&r[0]), text(&r[1]) == "1", text(&r[2]) == "1"))
         .collect();
-        for (t, versioned) in base {
+        for (t, versioned, transactional) in base {
             if !ro.contains_key(&("TABLE".to_string(), t.clone())) {
                 continue; // reported above
             }
             tables += 1;
             let sql = checksum_sql(m, src, db, &t, versioned).await?;
+            if !transactional {
+                // Not in the master's snapshot: compared one by one at the end.
+                non_transactional.push((db.clone(), t, sql));
+                continue;
+            }
             let a = rows(m, src, &sql).await?;
             let b = rows(r, tgt, &sql).await?;
-            let (ac, bc) = (text(&a[0][0]), text(&b[0][0]));
-            total_rows += ac.parse::<u64>().unwrap_or(0);
-            if ac != bc {
-                diffs.push(format!(
-                    "table `{db}`.`{t}`: {ac} rows on the master, {bc} on the replica"
-                ));
-            } else if a[0][1..] != b[0][1..] {
-                diffs.push(format!(
-                    "table `{db}`.`{t}`: same row count ({ac}) but the contents differ"
-                ));
-            }
+            total_rows += table_diff(db, &t, &a, &b, &mut diffs);
         }
+    }
+    if pinned.is_some() && !non_transactional.is_empty() {
+        // The replica's read view is not needed any more, and STOP SLAVE refuses to run inside one.
+        r.query_drop("COMMIT")
+            .await
+            .map_err(|e| tgt.err("COMMIT", &e))?;
+    }
+    for (db, t, sql) in non_transactional {
+        let (a, b) = match pinned {
+            Some(timeout) => {
+                // Hold the table still on the master, note the GTID it is
+                // equal to, and bring the replica to exactly that GTID.
+                m.query_drop(format!("LOCK TABLES {} READ", qualified(&db, &t)))
+                    .await
+                    .map_err(|e| src.err(format!("LOCK TABLES {db}.{t} READ"), &e))?;
+                let res = async {
+                    let g = rows(m, src, "SELECT @@GLOBAL.gtid_binlog_pos").await?;
+                    let g = text(&g[0][0]);
+                    let a = rows(m, src, &sql).await?;
+                    Ok::<_, CatchupError>((g, a))
+                }
+                .await;
+                let _ = m.query_drop("UNLOCK TABLES").await;
+                let (g, a) = res?;
+                pin_replica(r, tgt, &g, timeout).await?;
+                (a, rows(r, tgt, &sql).await?)
+            }
+            None => (rows(m, src, &sql).await?, rows(r, tgt, &sql).await?),
+        };
+        total_rows += table_diff(&db, &t, &a, &b, &mut diffs);
     }
     Ok((tables, total_rows, objs, diffs))
 }

@@ -261,7 +261,7 @@ async fn synchronize(
 ) -> Result<(String, u32, u64, Vec<(String, u64)>), ExtractError> {
     let server = &plan.source;
     let mut attempts = 0;
-    for _ in 0..plan.lock_free_attempts.max(1) {
+    for _ in 0..plan.lock_free_attempts {
         attempts += 1;
         let results = join_all(workers.iter_mut().map(open_snapshot)).await;
         let mut positions = Vec::new();
@@ -283,7 +283,9 @@ async fn synchronize(
         }
     }
     // Busy master: hold commits only while the snapshots open.
-    warn!("lock-free snapshot did not agree after {attempts} attempts; using FLUSH TABLES WITH READ LOCK briefly");
+    if attempts > 0 {
+        warn!("lock-free snapshot did not agree after {attempts} attempts; using FLUSH TABLES WITH READ LOCK briefly");
+    }
     let mut lock = server
         .connect(&["SET SESSION lock_wait_timeout=60"])
         .await?;

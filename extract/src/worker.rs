@@ -72,7 +72,7 @@ pub async fn plan_jobs(
             && t.table
                 .columns
                 .iter()
-                .any(|c| &c.name == &pk[0] && matches!(c.kind, ColumnKind::Int { .. }));
+                .any(|c| c.name == pk[0] && matches!(c.kind, ColumnKind::Int { .. }));
         if int_pk && t.est_rows > chunk_rows + chunk_rows / 2 {
             let col = quote_ident(&pk[0]);
             let sql = format!(

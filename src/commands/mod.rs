@@ -126,7 +126,7 @@ pub fn extract_plan(
             zstd_level: tuning.zstd_level,
             ..Default::default()
         },
-        lock_free_attempts: 5,
+        lock_free_attempts: tuning.lock_free_attempts,
     })
 }
 
@@ -389,7 +389,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 deleted.push(m.snapshot.clone());
             }
             // Incomplete prefixes older than the oldest kept snapshot are leftovers of failed runs.
-            if let Some(oldest_kept) = published.iter().take(keep).last() {
+            if let Some(oldest_kept) = published.iter().take(keep).next_back() {
                 for e in entries
                     .iter()
                     .filter(|e| e.manifest.is_none() && e.problem.is_none())

@@ -8,7 +8,7 @@
 //! * [`manifest`]: the manifest, written last as the commit point.
 //! * [`types`]: the MariaDB-to-Arrow type mapping, both ways.
 //! * [`store`]: the [`Stage`] (local directory or S3 prefix) and chunk I/O.
-//! * [`error`]: [`StageError`].
+//! * [`error`]: the [`StageError`] type.
 
 #![warn(missing_docs)]
 

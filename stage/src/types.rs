@@ -271,7 +271,9 @@ impl ColumnSpec {
             ColumnKind::Year => DataType::UInt16,
             ColumnKind::Date => DataType::Date32,
             ColumnKind::DateTime => DataType::Timestamp(TimeUnit::Microsecond, None),
-            ColumnKind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            ColumnKind::Timestamp => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+            }
             ColumnKind::Time => DataType::Duration(TimeUnit::Microsecond),
             ColumnKind::Utf8Text | ColumnKind::Json => DataType::Utf8,
             ColumnKind::Enum | ColumnKind::Set => {
