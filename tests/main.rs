@@ -3,6 +3,8 @@
 
 mod common;
 mod consistency;
+mod errors;
 mod parquet;
 mod roundtrip;
 mod s3;
+mod stage_ops;

@@ -71,7 +71,7 @@ pub enum ExtractError {
         grant: String,
     },
     /// `--databases` names a database the source does not have.
-    #[error("{server}: database `{database}` does not exist; check --databases")]
+    #[error("{server}: database `{database}` does not exist (or the user has no privilege on it); check --databases and the grants")]
     NoSuchDatabase {
         /// Source name.
         server: String,
@@ -327,18 +327,16 @@ pub async fn run(
     progress: Arc<Progress>,
     cancel: impl std::future::Future<Output = ()> + Send,
 ) -> Result<Report, ExtractError> {
-    tokio::select! {
-        r = run_inner(&plan, progress) => {
-            if r.is_err() {
-                cleanup(&plan).await;
-            }
-            r
-        }
-        _ = cancel => {
-            cleanup(&plan).await;
-            Err(ExtractError::Interrupted)
-        }
+    // Set once the snapshot id was found free: only then are leftovers ours to remove.
+    let claimed = std::sync::atomic::AtomicBool::new(false);
+    let r = tokio::select! {
+        r = run_inner(&plan, progress, &claimed) => r,
+        _ = cancel => Err(ExtractError::Interrupted),
+    };
+    if r.is_err() && claimed.load(Ordering::SeqCst) {
+        cleanup(&plan).await;
     }
+    r
 }
 
 async fn cleanup(plan: &ExtractPlan) {
@@ -354,7 +352,11 @@ async fn cleanup(plan: &ExtractPlan) {
     }
 }
 
-async fn run_inner(plan: &ExtractPlan, progress: Arc<Progress>) -> Result<Report, ExtractError> {
+async fn run_inner(
+    plan: &ExtractPlan,
+    progress: Arc<Progress>,
+    claimed: &std::sync::atomic::AtomicBool,
+) -> Result<Report, ExtractError> {
     let started = Instant::now();
     let started_at = replseed_stage::now_rfc3339();
     let server = &plan.source;
@@ -382,6 +384,7 @@ async fn run_inner(plan: &ExtractPlan, progress: Arc<Progress>) -> Result<Report
             .into())
         }
     }
+    claimed.store(true, Ordering::SeqCst);
     let mut control = server
         .connect(&[
             "SET SESSION lock_wait_timeout=60",

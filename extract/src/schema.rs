@@ -98,10 +98,23 @@ pub async fn databases(
             }
             Ok(list.to_vec())
         }
-        None => Ok(all
-            .into_iter()
-            .filter(|d| !SYSTEM_SCHEMAS.contains(&d.as_str()))
-            .collect()),
+        None => {
+            let dbs: Vec<String> = all
+                .into_iter()
+                .filter(|d| !SYSTEM_SCHEMAS.contains(&d.as_str()))
+                .collect();
+            if dbs.is_empty() {
+                return Err(ExtractError::Privilege {
+                    server: server.name(),
+                    detail: format!(
+                        "user `{}` sees no database to copy (a user sees only the databases it has privileges on)",
+                        server.user()
+                    ),
+                    grant: "GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON *.* (or on each database)".into(),
+                });
+            }
+            Ok(dbs)
+        }
     }
 }
 
