@@ -20,7 +20,7 @@
 //! are, each inside a consistent snapshot; writes to the master then show
 //! up as differences.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -195,7 +195,7 @@ async fn checksum_sql(
         conn,
         server,
         &format!(
-            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
+            "SELECT COLUMN_NAME, DATA_TYPE, IFNULL(GENERATION_EXPRESSION, '') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
             quote_str(db),
             quote_str(table)
         ),
@@ -211,14 +211,14 @@ async fn checksum_sql(
             } else {
                 name
             };
-            format!("IFNULL(CONCAT('v',{expr}),'N')")
+            format!("IFNULL(CONCAT('v',CAST({expr} AS BINARY)),'N')")
         })
         .collect();
     let mut from = qualified(db, table);
     if versioned {
         from.push_str(" FOR SYSTEM_TIME ALL");
-        let names: BTreeSet<String> = cols.iter().map(|c| text(&c[0]).to_lowercase()).collect();
-        if !names.contains("row_start") {
+        // Implicit period columns are not listed; explicit ones are.
+        if !cols.iter().any(|c| text(&c[2]) == "ROW START") {
             parts.push("IFNULL(CONCAT('v',ROW_START),'N')".into());
             parts.push("IFNULL(CONCAT('v',ROW_END),'N')".into());
         }

@@ -1,0 +1,516 @@
+//! Load and catch-up: the conflict policy, resume after SIGKILL, corrupt
+//! chunks, purged binlogs, and provisioning several replicas at once.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+async fn shop_master() -> MariaDb {
+    let m = master().await;
+    exec(
+        &m,
+        "CREATE DATABASE shop; USE shop; \
+         CREATE TABLE orders (id INT PRIMARY KEY, customer INT, total DECIMAL(10,2), note VARCHAR(100), KEY kc (customer)); \
+         INSERT INTO orders SELECT seq, seq % 500, seq / 7, CONCAT('note ', seq) FROM seq_1_to_60000; \
+         CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(50)); \
+         INSERT INTO customers SELECT seq, CONCAT('customer ', seq) FROM seq_0_to_499; \
+         CREATE TABLE items (order_id INT, sku VARCHAR(20), qty INT, PRIMARY KEY (order_id, sku)); \
+         INSERT INTO items SELECT seq, CONCAT('sku-', seq % 13), seq % 5 FROM seq_1_to_40000; \
+         CREATE VIEW big_orders AS SELECT id, total FROM orders WHERE total > 1000; \
+         CREATE PROCEDURE ping() SELECT 1; \
+         CREATE SEQUENCE order_ids START WITH 60001;",
+    )
+    .await;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_refuse_without_force_and_replace_exactly_with_force() {
+    let m = shop_master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "c1",
+        ],
+        &[],
+    )
+    .await;
+
+    let t = replica(2).await;
+    exec(
+        &t,
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, other TEXT); INSERT INTO shop.orders VALUES (1, 'old'); \
+         CREATE TABLE shop.extra (id INT PRIMARY KEY); INSERT INTO shop.extra VALUES (42); \
+         CREATE PROCEDURE shop.ping() SELECT 2; \
+         CREATE DATABASE keep; CREATE TABLE keep.k (id INT PRIMARY KEY); INSERT INTO keep.k VALUES (7);",
+    )
+    .await;
+    let before = fingerprint(&t, &["shop", "keep"]).await;
+    let err = replseed_fails(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "c1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+        1,
+    )
+    .await;
+    for needle in [
+        "3 object(s)",
+        "database `shop`",
+        "table `shop`.`orders`",
+        "procedure `shop`.`ping`",
+        "--force",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    // Refusal changed nothing at all, not even a bookkeeping schema.
+    assert_eq!(fingerprint(&t, &["shop", "keep"]).await, before);
+    assert_eq!(
+        scalar(
+            &t,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='replseed'"
+        )
+        .await,
+        "0"
+    );
+
+    let j = replseed_ok(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "c1",
+            "--target",
+            &t.url(),
+            "--force",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(j["replaced"].as_array().unwrap().len(), 3, "{j}");
+    // The snapshot's objects are the master's now; the rest is untouched.
+    let ma = fingerprint(&m, &["shop"]).await;
+    let ta = fingerprint(&t, &["shop"]).await;
+    for (k, v) in &ma {
+        assert_eq!(ta.get(k), Some(v), "{k}");
+    }
+    assert_eq!(scalar(&t, "SELECT id FROM shop.extra").await, "42");
+    assert_eq!(scalar(&t, "SELECT id FROM keep.k").await, "7");
+
+    // Loading into the master itself is refused.
+    let err = replseed_fails(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "c1",
+            "--target",
+            &m.url(),
+            "--force",
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(err.contains("same as the snapshot's master"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_killed_with_sigkill_resumes_to_an_identical_copy() {
+    let m = shop_master().await;
+    load_fixture(&m).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "k1",
+            "--chunk-rows",
+            "4000",
+        ],
+        &[],
+    )
+    .await;
+    let t = replica(2).await;
+    let args = [
+        "load",
+        "--stage",
+        stage.as_str(),
+        "--snapshot",
+        "k1",
+        "--target",
+        &t.url(),
+        "--threads",
+        "2",
+    ];
+
+    // Kill at different points: after some chunks, and very early.
+    let mut kills = 0;
+    for wait_chunks in [3u64, 9, 0] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
+            .args(args)
+            .env("REPLSEED_NO_PROGRESS", "1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        loop {
+            let n: u64 = scalar(&t, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='replseed' AND TABLE_NAME='load_chunks'")
+                .await
+                .parse()
+                .unwrap();
+            let loaded: u64 = if n == 1 {
+                scalar(&t, "SELECT COUNT(*) FROM replseed.load_chunks")
+                    .await
+                    .parse()
+                    .unwrap()
+            } else {
+                0
+            };
+            if loaded >= wait_chunks || t0.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("load finished ({status}) before it could be killed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.start_kill().unwrap(); // SIGKILL
+            child.wait().await.unwrap();
+            kills += 1;
+        }
+    }
+    assert!(kills >= 2, "the load was killed only {kills} times");
+    let j = replseed_ok(&[&args[..], &["--json"]].concat(), &[]).await;
+    assert!(j["chunks_resumed"].as_u64().unwrap() > 0, "{j}");
+    assert_identical(&m, &t, &["shop", "fx", "we`ird db;"]).await;
+    // Running it again is a no-op.
+    let j = replseed_ok(&[&args[..], &["--json"]].concat(), &[]).await;
+    assert_eq!(j["already_loaded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_stops_the_load_which_then_resumes() {
+    let m = shop_master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    let show = {
+        replseed_ok(
+            &[
+                "extract",
+                "--source",
+                &m.url(),
+                "--stage",
+                &stage,
+                "--snapshot",
+                "x1",
+                "--chunk-rows",
+                "10000",
+            ],
+            &[],
+        )
+        .await;
+        replseed_ok(
+            &["snapshots", "show", "x1", "--stage", &stage, "--json"],
+            &[],
+        )
+        .await
+    };
+    let orders = show["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "orders")
+        .unwrap();
+    let victim = orders["chunks"][2]["path"].as_str().unwrap().to_string();
+    let file = dir.path().join(&victim);
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 3] ^= 0x40;
+    std::fs::write(&file, &bad).unwrap();
+
+    let t = replica(2).await;
+    let err = replseed_fails(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "x1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(
+        err.contains(&format!("chunk `{victim}` is corrupt")),
+        "{err}"
+    );
+    // No rows of the bad chunk went in.
+    let key = orders["chunks"][2].clone();
+    let _ = key;
+    std::fs::write(&file, &good).unwrap();
+    replseed_ok(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "x1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+    )
+    .await;
+    assert_identical(&m, &t, &["shop"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_from_purged_binlogs_fails_with_the_purge_named() {
+    let m = shop_master().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "p1",
+        ],
+        &[],
+    )
+    .await;
+    let t = replica(2).await;
+    replseed_ok(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "p1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+    )
+    .await;
+    exec(&m, "INSERT INTO shop.customers VALUES (1000, 'late'); FLUSH BINARY LOGS; INSERT INTO shop.customers VALUES (1001, 'later'); FLUSH BINARY LOGS").await;
+    // MariaDB keeps a binlog until InnoDB no longer needs it for crash recovery: retry the purge.
+    let snapshot_file = scalar(&m, "SELECT 'mariadb-bin.000001'").await;
+    for _ in 0..100 {
+        let logs: Vec<String> = {
+            let mut c = m.conn().await.unwrap();
+            query(&mut c, "SHOW BINARY LOGS")
+                .await
+                .iter()
+                .map(|r| text(&r[0]))
+                .collect()
+        };
+        if logs[0] != snapshot_file {
+            break;
+        }
+        exec(
+            &m,
+            &format!("PURGE BINARY LOGS TO '{}'", logs.last().unwrap()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = replseed_fails(
+        &[
+            "catchup",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "p1",
+            "--source",
+            &m.url(),
+            "--target",
+            &t.url(),
+        ],
+        &[],
+        3,
+    )
+    .await;
+    assert!(
+        err.contains("were purged") && err.contains("take a newer snapshot"),
+        "{err}"
+    );
+    // The replica was not pointed at the master.
+    assert_eq!(
+        scalar(
+            &t,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Slave%'"
+        )
+        .await,
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_two_targets_gives_two_identical_replicating_replicas() {
+    let m = shop_master().await;
+    load_fixture(&m).await;
+    let (r1, r2) = (replica(2).await, replica(3).await);
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    let j = replseed_ok(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--target",
+            &r1.url(),
+            "--target",
+            &r2.url(),
+            "--stage",
+            &stage,
+            "--threads",
+            "2",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(j["ok"], true, "{j}");
+    let targets = j["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    for t in targets {
+        assert_eq!(t["replicating"], true);
+        assert_eq!(t["caught_up"], true);
+    }
+    // Changes on the master flow to both.
+    exec(&m, "INSERT INTO shop.customers VALUES (5000, 'after provisioning'); UPDATE fx.ints SET ti = 5 WHERE id = 4; DELETE FROM fx.ver WHERE id = 3").await;
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    for r in [&r1, &r2] {
+        assert_eq!(
+            scalar(r, &format!("SELECT MASTER_GTID_WAIT('{goal}', 30)")).await,
+            "0"
+        );
+        assert_identical(&m, r, &["shop", "fx", "we`ird db;"]).await;
+        let v = replseed_ok(
+            &[
+                "verify",
+                "--source",
+                &m.url(),
+                "--target",
+                &r.url(),
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+        assert_eq!(v["differences"].as_array().unwrap().len(), 0, "{v}");
+    }
+    // A second catch-up never rewinds a running replica.
+    let snap = j["snapshot"].as_str().unwrap();
+    let c = replseed_ok(
+        &[
+            "catchup",
+            "--stage",
+            &stage,
+            "--snapshot",
+            snap,
+            "--source",
+            &m.url(),
+            "--target",
+            &r1.url(),
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(c["configured"], false);
+    assert_eq!(c["caught_up"], true);
+    // And a new snapshot provisions more replicas from the staged one (fleet).
+    let r3 = replica(4).await;
+    let j = replseed_ok(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--target",
+            &r3.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            snap,
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(j["ok"], true);
+    assert!(j["extract"].is_null());
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    assert_eq!(
+        scalar(&r3, &format!("SELECT MASTER_GTID_WAIT('{goal}', 30)")).await,
+        "0"
+    );
+    assert_identical(&m, &r3, &["shop", "fx", "we`ird db;"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_differences() {
+    let m = shop_master().await;
+    let t = replica(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    replseed_ok(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--target",
+            &t.url(),
+            "--stage",
+            &stage,
+        ],
+        &[],
+    )
+    .await;
+    // Drift the replica behind replication's back.
+    exec(&t, "SET SESSION sql_log_bin=0; UPDATE shop.customers SET name='drift' WHERE id=3; DROP VIEW shop.big_orders; CREATE TABLE shop.stray (id INT)").await;
+    let err = replseed_fails(
+        &["verify", "--source", &m.url(), "--target", &t.url()],
+        &[],
+        4,
+    )
+    .await;
+    for needle in [
+        "table `shop`.`customers`: same row count (500) but the contents differ",
+        "view `shop`.`big_orders` is missing",
+        "table `shop`.`stray` exists only on the replica",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
