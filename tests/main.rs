@@ -4,6 +4,7 @@
 mod common;
 mod consistency;
 mod errors;
+mod examples;
 mod load;
 mod parquet;
 mod roundtrip;
