@@ -16,5 +16,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== cargo build (the sandbox binary the example tests run)" >&2
+cargo build --quiet -p replseed-testkit --bin replseed-sandbox
+
 echo "== cargo test" >&2
 cargo test --workspace --all-targets -- "$@"

@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Benchmark: replseed against mariadb-dump, mydumper/myloader and
+# mariadb-backup, on this machine, in one run, into fresh empty replicas.
+# Not part of CI. Writes docs/BENCHMARKS.md (results, machine, commands;
+# docs/bench-notes.md is appended as the analysis).
+#
+#   ci/bench.sh [--tables 8] [--rows 500000] [--threads 2] [--big-rows 2000000] [--skip TOOL,...]
+#
+# TOOL: dump (mariadb-dump), mydumper, mydumper-c (compressed), replseed,
+# provision, backup (mariadb-backup), lowerbound (SELECT INTO OUTFILE +
+# LOAD DATA INFILE, secondary index after), big (peak RSS on one table
+# --big-rows long, to show memory does not grow with table size).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+TABLES=8 ROWS=500000 THREADS=2 BIG_ROWS=2000000 SKIP=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tables) TABLES=$2; shift 2 ;;
+    --rows) ROWS=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --big-rows) BIG_ROWS=$2; shift 2 ;;
+    --skip) SKIP=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
+
+ci/install-deps.sh bench
+cargo build --release --quiet -p replseed -p replseed-testkit
+RS=$ROOT/target/release/replseed
+SB=$ROOT/target/release/replseed-sandbox
+WORK=${BENCH_DIR:-$ROOT/target/bench}
+MPORT=3410 RPORT=3411
+BP=2048   # InnoDB buffer pool (MiB) of both servers, the same for every tool
+MASTER=mysql://root@127.0.0.1:$MPORT
+REPLICA=mysql://root@127.0.0.1:$RPORT
+export REPLSEED_NO_PROGRESS=1
+
+cleanup() {
+  "$SB" mariadb stop --dir "$WORK/master" >/dev/null 2>&1 || true
+  "$SB" mariadb stop --dir "$WORK/replica" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc -l | xargs printf '%.1f'; }
+mdb() { mariadb -h127.0.0.1 -uroot "$@"; }
+
+fresh_replica() {
+  "$SB" mariadb stop --dir "$WORK/replica" >/dev/null 2>&1 || true
+  rm -rf "$WORK/replica"
+  "$SB" mariadb start --dir "$WORK/replica" --port $RPORT --server-id 2 --buffer-pool-mb $BP >/dev/null
+}
+
+check_replica() {   # row counts of every table equal the master's
+  local want got
+  want=$(mdb -P$MPORT -N -e "SELECT GROUP_CONCAT(t ORDER BY t) FROM (SELECT CONCAT(TABLE_NAME,':',(SELECT 0)) t FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest') x" )
+  got=$(mdb -P$RPORT -N -e "SELECT GROUP_CONCAT(t ORDER BY t) FROM (SELECT CONCAT(TABLE_NAME,':',(SELECT 0)) t FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest') x" 2>/dev/null || true)
+  [ "$want" = "$got" ] || { echo "replica tables differ after $1: $got" >&2; exit 1; }
+  for i in $(seq 1 "$TABLES"); do
+    local a b
+    a=$(mdb -P$MPORT -N -e "CHECKSUM TABLE sbtest.sbtest$i" | cut -f2)
+    b=$(mdb -P$RPORT -N -e "CHECKSUM TABLE sbtest.sbtest$i" | cut -f2)
+    [ "$a" = "$b" ] || { echo "sbtest$i differs after $1" >&2; exit 1; }
+  done
+}
+
+RESULTS=()
+record() { RESULTS+=("$1|$2|$3|$4|$5"); echo ">> $1: $2 s (bytes ${3:--}, rss ${4:--}) $5" >&2; }
+
+echo "== master with $TABLES x $ROWS sysbench rows" >&2
+"$SB" mariadb start --dir "$WORK/master" --port $MPORT --server-id 1 --buffer-pool-mb $BP >/dev/null
+mdb -P$MPORT -e "CREATE DATABASE sbtest"
+T=$(now)
+sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port=$MPORT --mysql-user=root \
+  --mysql-db=sbtest --tables="$TABLES" --table-size="$ROWS" --threads="$THREADS" prepare >/dev/null
+echo "prepared in $(since "$T") s" >&2
+INNODB_MB=$(mdb -P$MPORT -N -e "SELECT ROUND(SUM(DATA_LENGTH+INDEX_LENGTH)/1048576) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest'")
+
+if ! skipped dump; then
+  fresh_replica
+  T=$(now)
+  mariadb-dump -h127.0.0.1 -P$MPORT -uroot --single-transaction --master-data=2 --gtid --databases sbtest \
+    | mariadb -h127.0.0.1 -P$RPORT -uroot --init-command="SET sql_log_bin=0"
+  record "mariadb-dump \| mariadb" "$(since "$T")" "" "" "single stream"
+  check_replica mariadb-dump
+fi
+
+MYD_S=""
+if ! skipped mydumper; then
+  fresh_replica
+  rm -rf "$WORK/mydumper"
+  T=$(now)
+  mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
+  D=$(since "$T")
+  T=$(now)
+  myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
+  L=$(since "$T")
+  MYD_S=$(echo "$D + $L" | bc -l)
+  record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "dump $D s + load $L s"
+  check_replica myloader
+fi
+
+if ! skipped mydumper-c; then
+  fresh_replica
+  rm -rf "$WORK/mydumper-c"
+  T=$(now)
+  mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -c -o "$WORK/mydumper-c"
+  D=$(since "$T")
+  T=$(now)
+  myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper-c" -t "$THREADS"
+  L=$(since "$T")
+  record "mydumper -c + myloader (compressed)" "$(echo "$D + $L" | bc -l)" "$(du -sb "$WORK/mydumper-c" | cut -f1)" "" "dump $D s + load $L s"
+  check_replica "myloader -c"
+fi
+
+timed() {  # timed NAME CMD... : wall seconds and peak RSS (KiB) of one command
+  /usr/bin/time -f "%e %M" -o "$WORK/$1.time" "${@:2}" > "$WORK/$1.out"
+  read -r SECS RSS < "$WORK/$1.time"
+}
+
+if ! skipped replseed; then
+  fresh_replica
+  rm -rf "$WORK/stage"
+  timed extract "$RS" extract --source $MASTER --stage "$WORK/stage" --snapshot bench --threads "$THREADS" --json
+  ES=$SECS ERSS=$RSS
+  BYTES=$(du -sb "$WORK/stage" | cut -f1)
+  timed load "$RS" load --stage "$WORK/stage" --snapshot bench --target $REPLICA --threads "$THREADS" --json
+  LS=$SECS LRSS=$RSS
+  record "replseed extract" "$ES" "$BYTES" "$ERSS" "zstd Parquet"
+  record "replseed load" "$LS" "" "$LRSS" ""
+  record "replseed extract + load" "$(echo "$ES + $LS" | bc -l)" "$BYTES" "" "run one after the other"
+  check_replica "replseed load"
+fi
+
+if ! skipped provision; then
+  fresh_replica
+  rm -rf "$WORK/stage-p"
+  timed provision "$RS" provision --source $MASTER --target $REPLICA --stage "$WORK/stage-p" --threads "$THREADS" --json
+  record "replseed provision (end to end)" "$SECS" "$(du -sb "$WORK/stage-p" | cut -f1)" "$RSS" "extract + load + catch-up, replicating at the end"
+  PROV_S=$SECS
+  check_replica "replseed provision"
+fi
+
+if ! skipped backup; then
+  rm -rf "$WORK/backup"
+  T=$(now)
+  mariadb-backup --backup --host=127.0.0.1 --port=$MPORT --user=root --target-dir="$WORK/backup" --parallel="$THREADS" 2>"$WORK/backup.log"
+  mariadb-backup --prepare --target-dir="$WORK/backup" 2>>"$WORK/backup.log"
+  record "mariadb-backup --backup + --prepare (physical)" "$(since "$T")" "$(du -sb "$WORK/backup" | cut -f1)" "" "copy only: no server start, no load"
+fi
+
+if ! skipped lowerbound; then
+  fresh_replica
+  rm -rf "$WORK/outfile"; mkdir -p "$WORK/outfile"; chmod 777 "$WORK/outfile"
+  mdb -P$RPORT -e "CREATE DATABASE sbtest"
+  T=$(now)
+  for i in $(seq 1 "$TABLES"); do
+    (
+      mdb -P$MPORT -e "SELECT * INTO OUTFILE '$WORK/outfile/t$i.tsv' FROM sbtest.sbtest$i"
+      mdb -P$RPORT sbtest -e "SET sql_log_bin=0; CREATE TABLE sbtest$i LIKE sbtest.sbtest$i;" 2>/dev/null || \
+        mdb -P$RPORT sbtest -e "SET sql_log_bin=0; $(mdb -P$MPORT -N -e "SHOW CREATE TABLE sbtest.sbtest$i" | cut -f2 | sed 's/\\n/ /g' | sed 's/,  KEY `k_[0-9]*` (`k`)//');"
+      mdb -P$RPORT sbtest -e "SET sql_log_bin=0, unique_checks=0, foreign_key_checks=0; LOAD DATA INFILE '$WORK/outfile/t$i.tsv' INTO TABLE sbtest$i; ALTER TABLE sbtest$i ADD KEY k_$i (k);"
+    ) &
+    if (( i % THREADS == 0 )); then wait; fi
+  done
+  wait
+  record "SELECT INTO OUTFILE + LOAD DATA INFILE, index after (lower bound)" "$(since "$T")" "$(du -sb "$WORK/outfile" | cut -f1)" "" "server-side files, no compression, not consistent"
+fi
+
+BIG_LINE=""
+if ! skipped big; then
+  # Memory must not grow with table size: one table --big-rows long.
+  mdb -P$MPORT -e "CREATE DATABASE sbbig"
+  sysbench oltp_read_write --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port=$MPORT --mysql-user=root \
+    --mysql-db=sbbig --tables=1 --table-size="$BIG_ROWS" --threads=1 prepare >/dev/null
+  fresh_replica
+  rm -rf "$WORK/stage-big"
+  timed bigx "$RS" extract --source $MASTER --stage "$WORK/stage-big" --snapshot big --databases sbbig --threads "$THREADS" --json
+  BX=$SECS BXR=$RSS
+  timed bigl "$RS" load --stage "$WORK/stage-big" --snapshot big --target $REPLICA --threads "$THREADS" --json
+  BIG_LINE="One table of $BIG_ROWS rows ($(( BIG_ROWS / ROWS ))x a benchmark table): extract ${BX} s with peak RSS $((BXR / 1024)) MiB, load ${SECS} s with peak RSS $((RSS / 1024)) MiB."
+  echo ">> $BIG_LINE" >&2
+fi
+
+# ---------------------------------------------------------------- report
+CPU=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+MEM=$(free -g | awk '/Mem:/ {print $2}')
+{
+  echo "# Benchmarks"
+  echo
+  echo "Generated by \`ci/bench.sh --tables $TABLES --rows $ROWS --threads $THREADS\` on $(date -u +%Y-%m-%d)."
+  echo "Every tool copies the same sysbench database ($TABLES tables x $ROWS rows, ${INNODB_MB} MiB in InnoDB) from one"
+  echo "master into a fresh, empty replica on the same machine, with $THREADS threads; each copy is checked with CHECKSUM TABLE."
+  echo
+  echo "| tool | wall time (s) | vs mydumper+myloader | staged bytes | peak RSS | notes |"
+  echo "|---|---:|---:|---:|---:|---|"
+  for r in "${RESULTS[@]}"; do
+    IFS='|' read -r name secs bytes rss note <<< "$r"
+    ratio=""
+    if [ -n "$MYD_S" ]; then ratio=$(echo "$secs / $MYD_S" | bc -l | xargs printf '%.2fx'); fi
+    hbytes=""; [ -n "$bytes" ] && hbytes=$(numfmt --to=iec-i --suffix=B "$bytes")
+    hrss=""; [ -n "$rss" ] && hrss="$((rss / 1024)) MiB"
+    echo "| $name | $(printf '%.1f' "$secs") | $ratio | $hbytes | $hrss | $note |"
+  done
+  echo
+  [ -n "$BIG_LINE" ] && { echo "Memory and table size: $BIG_LINE"; echo; }
+  echo "## Machine"
+  echo
+  echo "- CPU: $CPU, $(nproc) cores; memory: ${MEM} GiB; disk: $(df -h "$WORK" | awk 'NR==2 {print $2}') ($(df -T "$WORK" | awk 'NR==2 {print $2}'))"
+  echo "- $(mariadbd --version | sed 's/  */ /g')"
+  echo "- $(mydumper --version 2>&1 | head -1); $(sysbench --version); replseed $("$RS" --version | cut -d' ' -f2)"
+  echo "- Both servers are replseed-sandbox instances: binlog ROW, innodb_buffer_pool_size=${BP}M, innodb_flush_log_at_trx_commit=2."
+  echo
+  echo "## Commands"
+  echo
+  echo '```sh'
+  echo "sysbench oltp_read_write --mysql-db=sbtest --tables=$TABLES --table-size=$ROWS --threads=$THREADS prepare"
+  echo "mariadb-dump --single-transaction --master-data=2 --gtid --databases sbtest | mariadb --init-command='SET sql_log_bin=0'"
+  echo "mydumper -B sbtest -t $THREADS -r 100000 [-c] -o DIR && myloader -d DIR -t $THREADS"
+  echo "replseed extract --source \$MASTER --stage DIR --threads $THREADS && replseed load --stage DIR --snapshot bench --target \$REPLICA --threads $THREADS"
+  echo "replseed provision --source \$MASTER --target \$REPLICA --stage DIR --threads $THREADS"
+  echo "mariadb-backup --backup --parallel=$THREADS --target-dir=DIR && mariadb-backup --prepare --target-dir=DIR"
+  echo '```'
+  echo
+  echo "Peak RSS is /usr/bin/time's maximum resident set size of the replseed process."
+  if [ -f docs/bench-notes.md ]; then echo; cat docs/bench-notes.md; fi
+} > docs/BENCHMARKS.md
+echo "wrote docs/BENCHMARKS.md" >&2
