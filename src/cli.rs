@@ -73,7 +73,7 @@ pub struct TuningArgs {
     pub chunk_mb: u64,
 
     /// zstd level of the Parquet chunks (1-22).
-    #[arg(long, env = "REPLSEED_ZSTD_LEVEL", default_value_t = 3)]
+    #[arg(long, env = "REPLSEED_ZSTD_LEVEL", default_value_t = 1)]
     pub zstd_level: i32,
 
     /// Tries at opening the workers' snapshots without any lock before

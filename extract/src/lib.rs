@@ -112,6 +112,8 @@ pub enum ExtractError {
     Interrupted,
 }
 
+pub use replseed_stage::SnapshotEvent as Event;
+
 /// A validated extract request.
 #[derive(Debug, Clone)]
 pub struct ExtractPlan {
@@ -133,6 +135,8 @@ pub struct ExtractPlan {
     pub props: ChunkProps,
     /// How many lock-free snapshot attempts before FTWRL.
     pub lock_free_attempts: u32,
+    /// Where to report progress events for a loader that follows (optional).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
 /// Live counters, for progress bars and logs.
@@ -470,11 +474,63 @@ async fn run_inner(
         }
     }
 
+    // The manifest as it will be published, without chunks: a loader that
+    // follows can create everything now.
+    let mut skeleton = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        snapshot: plan.snapshot.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: String::new(),
+        source: source_info,
+        position: Position {
+            binlog_file: binlog_file.clone(),
+            binlog_pos,
+            gtid,
+            gtid_source: "BINLOG_GTID_POS(Binlog_snapshot_file, Binlog_snapshot_position): the GTID state at exactly the snapshot's binlog offset. gtid_binlog_pos would be read later than the cut; gtid_current_pos drops GTIDs of other server_ids when log_slave_updates is off.".into(),
+            gtid_binlog_state: text(&g[1]),
+        },
+        consistency: Consistency {
+            method,
+            attempts,
+            workers: plan.threads as u32,
+            worker_positions: positions.iter().map(|(f, p)| format!("{f}:{p}")).collect(),
+            commit_blocked_ms,
+            ddl_blocked_ms: 0,
+            non_transactional_tables: non_transactional,
+        },
+        settings: Settings {
+            chunk_rows: plan.chunk_rows,
+            chunk_bytes: plan.chunk_bytes,
+            compression: plan.props.compression_name(),
+            threads: plan.threads as u32,
+        },
+        databases,
+        totals: Totals::default(),
+    };
+    for tp in &tables {
+        let d = skeleton
+            .databases
+            .iter_mut()
+            .find(|d| d.name == tp.db)
+            .expect("database of table");
+        d.tables.push(tp.table.clone());
+    }
+    if let Some(ev) = &plan.events {
+        let _ = ev.send(Event::Started(Arc::new(skeleton.clone())));
+    }
+
     // Plan the jobs and run them.
     progress.set_phase("copying rows");
     let jobs = worker::plan_jobs(&mut workers[0], server, &tables, plan.chunk_rows).await?;
+    let mut jobs_per_table = vec![(0usize, 0usize); tables.len()];
+    for j in &jobs {
+        jobs_per_table[j.table].0 += 1;
+    }
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
     let tables = Arc::new(tables);
+    let table_jobs = Arc::new(Mutex::new(jobs_per_table));
     let mut handles = Vec::new();
     for conn in workers {
         let ctx = worker::Ctx {
@@ -486,6 +542,8 @@ async fn run_inner(
             chunk_rows: plan.chunk_rows,
             chunk_bytes: plan.chunk_bytes,
             progress: progress.clone(),
+            events: plan.events.clone(),
+            table_jobs: table_jobs.clone(),
         };
         handles.push(tokio::spawn(worker::run_worker(ctx, conn, queue.clone())));
     }
@@ -520,17 +578,24 @@ async fn run_inner(
 
     // Assemble the manifest.
     progress.set_phase("publishing");
-    let tables = Arc::try_unwrap(tables).unwrap_or_else(|a| (*a).clone());
-    let mut totals = Totals::default();
+    let mut manifest = skeleton;
+    manifest.consistency.ddl_blocked_ms = ddl_blocked_ms;
+    manifest.finished_at = replseed_stage::now_rfc3339();
     let mut by_table: std::collections::HashMap<usize, Vec<replseed_stage::manifest::Chunk>> =
         std::collections::HashMap::new();
     for (ti, chunk) in results {
         by_table.entry(ti).or_default().push(chunk);
     }
-    for (ti, tp) in tables.into_iter().enumerate() {
-        let mut t = tp.table;
+    let mut totals = Totals::default();
+    for (ti, tp) in tables.iter().enumerate() {
         let mut chunks = by_table.remove(&ti).unwrap_or_default();
         chunks.sort_by(|a, b| a.path.cmp(&b.path));
+        let t = manifest
+            .databases
+            .iter_mut()
+            .find(|d| d.name == tp.db)
+            .and_then(|d| d.tables.iter_mut().find(|t| t.name == tp.table.name))
+            .expect("table in the manifest");
         t.rows = chunks.iter().map(|c| c.rows).sum();
         t.bytes = chunks.iter().map(|c| c.bytes).sum();
         t.chunks = chunks;
@@ -538,46 +603,12 @@ async fn run_inner(
         totals.rows += t.rows;
         totals.bytes += t.bytes;
         totals.chunks += t.chunks.len() as u64;
-        let d = databases
-            .iter_mut()
-            .find(|d| d.name == tp.db)
-            .expect("database of table");
-        d.tables.push(t);
     }
-    let manifest = Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        snapshot: plan.snapshot.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        started_at,
-        finished_at: replseed_stage::now_rfc3339(),
-        source: source_info,
-        position: Position {
-            binlog_file: binlog_file.clone(),
-            binlog_pos,
-            gtid,
-            gtid_source: "BINLOG_GTID_POS(Binlog_snapshot_file, Binlog_snapshot_position): the GTID state at exactly the snapshot's binlog offset. gtid_binlog_pos would be read later than the cut; gtid_current_pos drops GTIDs of other server_ids when log_slave_updates is off.".into(),
-            gtid_binlog_state: text(&g[1]),
-        },
-        consistency: Consistency {
-            method,
-            attempts,
-            workers: plan.threads as u32,
-            worker_positions: positions.iter().map(|(f, p)| format!("{f}:{p}")).collect(),
-            commit_blocked_ms,
-            ddl_blocked_ms,
-            non_transactional_tables: non_transactional,
-        },
-        settings: Settings {
-            chunk_rows: plan.chunk_rows,
-            chunk_bytes: plan.chunk_bytes,
-            compression: plan.props.compression_name(),
-            threads: plan.threads as u32,
-        },
-        databases,
-        totals,
-    };
+    manifest.totals = totals;
     plan.stage.publish(&manifest).await?;
+    if let Some(ev) = &plan.events {
+        let _ = ev.send(Event::Published(Arc::new(manifest.clone())));
+    }
     progress.set_phase("done");
     Ok(Report {
         manifest,

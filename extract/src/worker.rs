@@ -45,6 +45,9 @@ pub struct Ctx {
     pub chunk_rows: u64,
     pub chunk_bytes: u64,
     pub progress: Arc<Progress>,
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
+    /// Per table: jobs not finished yet, chunks written so far.
+    pub table_jobs: Arc<Mutex<Vec<(usize, usize)>>>,
 }
 
 fn as_i128(v: &Value) -> Option<i128> {
@@ -154,6 +157,21 @@ pub async fn run_worker(
         let job = queue.lock().expect("queue").pop_front();
         let Some(job) = job else { break };
         let chunks = run_job(&ctx, &mut conn, &job).await?;
+        let done = {
+            let mut tj = ctx.table_jobs.lock().expect("table jobs");
+            let e = &mut tj[job.table];
+            e.0 -= 1;
+            e.1 += chunks.len();
+            (e.0 == 0).then_some(e.1)
+        };
+        if let (Some(n), Some(ev)) = (done, &ctx.events) {
+            let tp = &ctx.tables[job.table];
+            let _ = ev.send(crate::Event::TableDone {
+                database: tp.db.clone(),
+                table: tp.table.name.clone(),
+                chunks: n,
+            });
+        }
         out.extend(chunks.into_iter().map(|c| (job.table, c)));
     }
     let _ = conn.query_drop("COMMIT").await;
@@ -270,7 +288,7 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
             pending_rows = 0;
             if o.writer.rows() >= ctx.chunk_rows || o.writer.bytes() >= ctx.chunk_bytes {
                 let o = open.take().expect("open chunk");
-                chunks.push(close(ctx, o, &last_key).await?);
+                chunks.push(close(ctx, tp, o, &last_key).await?);
                 part += 1;
             }
         }
@@ -283,17 +301,24 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
         ctx.progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
     }
     if let Some(o) = open.take() {
-        chunks.push(close(ctx, o, &last_key).await?);
+        chunks.push(close(ctx, tp, o, &last_key).await?);
     }
     Ok(chunks)
 }
 
-async fn close(ctx: &Ctx, o: Open, last_key: &[Value]) -> Result<Chunk, ExtractError> {
+async fn close(ctx: &Ctx, tp: &TablePlan, o: Open, last_key: &[Value]) -> Result<Chunk, ExtractError> {
     let mut chunk = o.writer.finish().await?;
     if !o.first.is_empty() {
         chunk.key_range = Some(KeyRange {
             first: o.first,
             last: last_key.iter().map(key_text).collect(),
+        });
+    }
+    if let Some(ev) = &ctx.events {
+        let _ = ev.send(crate::Event::Chunk {
+            database: tp.db.clone(),
+            table: tp.table.name.clone(),
+            chunk: chunk.clone(),
         });
     }
     ctx.progress.chunks.fetch_add(1, Ordering::Relaxed);

@@ -25,7 +25,7 @@
 mod chunks;
 pub mod ddl;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +35,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
 use replseed_stage::manifest::{Chunk, Database, Manifest, Object, Table};
 use replseed_stage::sql::{qualified, quote_ident, quote_str, DbError, Server};
-use replseed_stage::{Stage, StageError};
+use replseed_stage::{SnapshotEvent, Stage, StageError};
 use tracing::{debug, info, warn};
 
 /// Everything that can stop a load.
@@ -212,6 +212,11 @@ pub async fn session(server: &Server) -> Result<Conn, LoadError> {
     for s in SESSION {
         if let Err(e) = conn.query_drop(*s).await {
             let (msg, code) = replseed_stage::sql::describe(&e);
+            if code == Some(1193) && s.contains("system_versioning_insert_history") {
+                // Before 10.11: fine unless the snapshot has system-versioned
+                // tables, which preflight refuses on such a target.
+                continue;
+            }
             return Err(match code {
                 Some(1227) | Some(1044) | Some(1142) => LoadError::Preflight {
                     server: server.name(),
@@ -521,7 +526,25 @@ pub async fn run(
     cancel: impl std::future::Future<Output = ()> + Send,
 ) -> Result<LoadReport, LoadError> {
     tokio::select! {
-        r = run_inner(&plan, progress) => r,
+        r = run_inner(&plan, progress, None) => r,
+        _ = cancel => Err(LoadError::Interrupted),
+    }
+}
+
+/// Runs a load that follows an extract while it writes the snapshot:
+/// `plan.manifest` is the manifest of [`SnapshotEvent::Started`], and chunks
+/// are loaded as `events` announce them. The load completes when the
+/// snapshot is published; if the extract fails, so does the load (the
+/// target then holds a partial load of an unpublished snapshot, which a
+/// later load with `--force` replaces).
+pub async fn run_following(
+    plan: LoadPlan,
+    events: tokio::sync::mpsc::UnboundedReceiver<SnapshotEvent>,
+    progress: Arc<Progress>,
+    cancel: impl std::future::Future<Output = ()> + Send,
+) -> Result<LoadReport, LoadError> {
+    tokio::select! {
+        r = run_inner(&plan, progress, Some(events)) => r,
         _ = cancel => Err(LoadError::Interrupted),
     }
 }
@@ -530,10 +553,41 @@ struct TableWork {
     db: String,
     table: Table,
     deferred: Vec<String>,
-    remaining: usize,
+    /// Chunks loaded (by this run or an earlier one).
+    loaded: usize,
+    /// Chunks the table has, once known.
+    total: Option<usize>,
+    /// Indexes built and state recorded (exactly once).
+    finished: bool,
 }
 
-async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadReport, LoadError> {
+impl TableWork {
+    /// Whether this call is the one that must finish the table.
+    fn take_finish(&mut self) -> bool {
+        if !self.finished && self.total == Some(self.loaded) {
+            self.finished = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Work for the load workers.
+enum Item {
+    /// Load a chunk of the table with this index.
+    Chunk(usize, Chunk),
+    /// Build the table's deferred indexes (all its chunks are in).
+    Finish(usize),
+}
+
+type Queue = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Item>>>;
+
+async fn run_inner(
+    plan: &LoadPlan,
+    progress: Arc<Progress>,
+    follow: Option<tokio::sync::mpsc::UnboundedReceiver<SnapshotEvent>>,
+) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let server = &plan.target;
     let m = plan.manifest.clone();
@@ -563,7 +617,11 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
     )
     .await?;
     let total_rows: u64 = m.totals.rows;
-    if status.first().map(|r| text(&r[0])) == Some("done".into()) {
+    // `done`: loaded; `replicating`: loaded and handed over to replication.
+    // Either way there is nothing to do, and the run record must stay as it
+    // is (catch-up relies on it never to rewind a running replica).
+    let status = status.first().map(|r| text(&r[0]));
+    if matches!(status.as_deref(), Some("done") | Some("replicating")) {
         info!(snapshot = %m.snapshot, target = %server.addr(), "snapshot already loaded on this target");
         let _ = conn.disconnect().await;
         return Ok(LoadReport {
@@ -702,7 +760,9 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
                 } else {
                     split.deferred
                 },
-                remaining: 0,
+                loaded: 0,
+                total: None,
+                finished: false,
             });
         }
     }
@@ -720,41 +780,46 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
     .iter()
     .map(|r| text(&r[0]))
     .collect();
-    let mut queue = Vec::new();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Item>();
     let mut resumed = 0u64;
-    for (ti, w) in work.iter_mut().enumerate() {
-        for c in &w.table.chunks {
-            if done.contains(&c.path) {
-                resumed += 1;
-            } else {
-                queue.push((ti, c.clone()));
-                w.remaining += 1;
+    if follow.is_none() {
+        let mut queue = Vec::new();
+        for (ti, w) in work.iter_mut().enumerate() {
+            w.total = Some(w.table.chunks.len());
+            for c in &w.table.chunks {
+                if done.contains(&c.path) {
+                    resumed += 1;
+                    w.loaded += 1;
+                } else {
+                    queue.push((ti, c.clone()));
+                }
             }
         }
+        // Big tables first, their chunks interleaved with others'.
+        queue.sort_by(|a, b| {
+            let (ta, tb) = (&work[a.0].table, &work[b.0].table);
+            tb.rows.cmp(&ta.rows).then(a.1.path.cmp(&b.1.path))
+        });
+        progress
+            .rows_total
+            .store(queue.iter().map(|(_, c)| c.rows).sum(), Ordering::Relaxed);
+        if resumed > 0 {
+            info!(snapshot = %m.snapshot, target = %server.addr(), resumed, "resuming: chunks already loaded are skipped");
+        }
+        // Tables with nothing left to load go first: only their indexes may be missing.
+        for (ti, w) in work.iter_mut().enumerate() {
+            if w.take_finish() {
+                let _ = tx.send(Item::Finish(ti));
+            }
+        }
+        for (ti, c) in queue {
+            let _ = tx.send(Item::Chunk(ti, c));
+        }
     }
-    // Big tables first, their chunks interleaved with others'.
-    queue.sort_by(|a, b| {
-        let (ta, tb) = (&work[a.0].table, &work[b.0].table);
-        tb.rows.cmp(&ta.rows).then(a.1.path.cmp(&b.1.path))
-    });
-    progress
-        .rows_total
-        .store(queue.iter().map(|(_, c)| c.rows).sum(), Ordering::Relaxed);
-    if resumed > 0 {
-        info!(snapshot = %m.snapshot, target = %server.addr(), resumed, "resuming: chunks already loaded are skipped");
-    }
-
-    // Tables with nothing left to load but indexes still deferred.
-    let mut finished_tables: Vec<usize> = work
-        .iter()
-        .enumerate()
-        .filter(|(_, w)| w.remaining == 0)
-        .map(|(i, _)| i)
-        .collect();
 
     progress.set_phase("loading chunks");
     let work = Arc::new(Mutex::new(work));
-    let queue = Arc::new(Mutex::new(VecDeque::from(queue)));
+    let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
     let loaded = Arc::new(AtomicU64::new(0));
     let threads = plan.threads.max(1);
     let mut handles = Vec::new();
@@ -769,34 +834,81 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
             loaded.clone(),
         )));
     }
-    // Index builds for tables that had no chunk left run on the main session meanwhile.
-    let mut first_err: Option<LoadError> = None;
-    for ti in finished_tables.drain(..) {
-        let (db, name, deferred) = {
-            let w = work.lock().expect("work");
-            (
-                w[ti].db.clone(),
-                w[ti].table.name.clone(),
-                w[ti].deferred.clone(),
-            )
-        };
-        if let Err(e) = finish_table(&mut conn, server, &m.snapshot, &db, &name, &deferred).await {
-            first_err.get_or_insert(e);
-            queue.lock().expect("queue").clear();
+    // Following an extract: turn its events into work until it publishes.
+    let mut published: Option<Arc<Manifest>> = None;
+    let mut feed_err: Option<LoadError> = None;
+    if let Some(mut events) = follow {
+        let index: HashMap<(String, String), usize> = work
+            .lock()
+            .expect("work")
+            .iter()
+            .enumerate()
+            .map(|(i, w)| ((w.db.clone(), w.table.name.clone()), i))
+            .collect();
+        let find = |d: &str, t: &str| index.get(&(d.to_string(), t.to_string())).copied();
+        let workers_alive = || handles.iter().any(|h| !h.is_finished());
+        while let Some(ev) = events.recv().await {
+            match ev {
+                SnapshotEvent::Chunk { database, table, chunk } => {
+                    let Some(ti) = find(&database, &table) else { continue };
+                    progress.rows_total.fetch_add(chunk.rows, Ordering::Relaxed);
+                    if done.contains(&chunk.path) {
+                        resumed += 1;
+                        work.lock().expect("work")[ti].loaded += 1;
+                    } else {
+                        let _ = tx.send(Item::Chunk(ti, chunk));
+                    }
+                }
+                SnapshotEvent::TableDone { database, table, chunks } => {
+                    let Some(ti) = find(&database, &table) else { continue };
+                    let finish = {
+                        let mut w = work.lock().expect("work");
+                        w[ti].total = Some(chunks);
+                        w[ti].take_finish()
+                    };
+                    if finish {
+                        let _ = tx.send(Item::Finish(ti));
+                    }
+                }
+                SnapshotEvent::Published(manifest) => {
+                    published = Some(manifest);
+                    break;
+                }
+                SnapshotEvent::Started(_) => {}
+            }
+            if !workers_alive() {
+                break; // a worker failed: its error is reported below
+            }
+        }
+        if published.is_none() && workers_alive() {
+            feed_err = Some(LoadError::Object {
+                object: format!("snapshot {}", m.snapshot),
+                detail: "the extract stopped before publishing it, so the load stops too".into(),
+            });
+        }
+    }
+    drop(tx); // no more work: workers stop when the queue is empty
+    let mut first_err: Option<LoadError> = feed_err;
+    if first_err.is_some() {
+        for h in &handles {
+            h.abort();
         }
     }
     for h in handles {
-        match h.await.expect("load worker panicked") {
-            Ok(()) => {}
-            Err(e) => {
-                queue.lock().expect("queue").clear();
+        match h.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 first_err.get_or_insert(e);
             }
+            Err(j) if j.is_cancelled() => {}
+            Err(j) => panic!("load worker panicked: {j}"),
         }
     }
     if let Some(e) = first_err {
         return Err(e);
     }
+    // The rest uses the published manifest when following an extract.
+    let m = published.unwrap_or(m);
 
     // Everything that is not table data.
     progress.set_phase("creating views, routines, triggers, events");
@@ -804,38 +916,14 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
     for d in &m.databases {
         create_sequences(&mut conn, server, &m.snapshot, d, &mut ours_now).await?;
     }
+    // Routines first: views may call functions; triggers may call both.
+    for d in &m.databases {
+        create_objects(&mut conn, server, &m.snapshot, d, &d.routines, &mut ours_now).await?;
+    }
     create_views(&mut conn, server, &m, &mut ours_now).await?;
     for d in &m.databases {
-        for o in d.routines.iter().chain(&d.triggers).chain(&d.events) {
-            let key = ObjKey::new(&o.kind, &d.name, &o.name);
-            if ours_now.get(&key).map(|s| s == "created").unwrap_or(false) {
-                continue;
-            }
-            set_state(&mut conn, server, &m.snapshot, &key, "pending").await?;
-            if let Some(drop) = drop_statement(&key, &o.kind) {
-                exec(&mut conn, server, &drop).await?;
-            }
-            create_object(&mut conn, server, &d.name, o)
-                .await
-                .map_err(|e| LoadError::Object {
-                    object: format!("{} {}.{}", o.kind, d.name, o.name),
-                    detail: replseed_stage::sql::describe(&e).0,
-                })?;
-            if o.kind == "event" && o.create_sql.contains(" ENABLE ") {
-                // A replica must not run the master's events itself (MariaDB
-                // marks replicated events this way too).
-                exec(
-                    &mut conn,
-                    server,
-                    &format!(
-                        "ALTER EVENT {} DISABLE ON SLAVE",
-                        qualified(&d.name, &o.name)
-                    ),
-                )
-                .await?;
-            }
-            set_state(&mut conn, server, &m.snapshot, &key, "created").await?;
-        }
+        create_objects(&mut conn, server, &m.snapshot, d, &d.triggers, &mut ours_now).await?;
+        create_objects(&mut conn, server, &m.snapshot, d, &d.events, &mut ours_now).await?;
     }
     exec(
         &mut conn,
@@ -849,13 +937,47 @@ async fn run_inner(plan: &LoadPlan, progress: Arc<Progress>) -> Result<LoadRepor
         snapshot: m.snapshot.clone(),
         target: server.addr(),
         tables: m.totals.tables,
-        rows: total_rows,
+        rows: m.totals.rows,
         chunks_loaded: loaded.load(Ordering::Relaxed),
         chunks_resumed: resumed,
         replaced,
         already_loaded: false,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates routines, triggers or events that are not created yet.
+async fn create_objects(
+    conn: &mut Conn,
+    server: &Server,
+    snapshot: &str,
+    d: &Database,
+    objects: &[Object],
+    ours_now: &mut HashMap<ObjKey, String>,
+) -> Result<(), LoadError> {
+    for o in objects {
+        let key = ObjKey::new(&o.kind, &d.name, &o.name);
+        if ours_now.get(&key).map(|s| s == "created").unwrap_or(false) {
+            continue;
+        }
+        set_state(conn, server, snapshot, &key, "pending").await?;
+        if let Some(drop) = drop_statement(&key, &o.kind) {
+            exec(conn, server, &drop).await?;
+        }
+        create_object(conn, server, &d.name, o).await.map_err(|e| LoadError::Object {
+            object: format!("{} {}.{}", o.kind, d.name, o.name),
+            detail: replseed_stage::sql::describe(&e).0,
+        })?;
+        if o.kind == "event" && o.create_sql.contains(" ENABLE ") {
+            // A replica must not run the master's events itself (MariaDB
+            // marks replicated events this way too).
+            let sql = format!("ALTER EVENT {} DISABLE ON SLAVE", qualified(&d.name, &o.name));
+            exec(conn, server, &sql).await?;
+        }
+        set_state(conn, server, snapshot, &key, "created").await?;
+        ours_now.insert(key, "created".into());
+    }
+    Ok(())
 }
 
 async fn finish_table(
@@ -940,53 +1062,55 @@ async fn load_worker(
     mut conn: Conn,
     plan: LoadPlan,
     work: Arc<Mutex<Vec<TableWork>>>,
-    queue: Arc<Mutex<VecDeque<(usize, Chunk)>>>,
+    queue: Queue,
     progress: Arc<Progress>,
     loaded: Arc<AtomicU64>,
 ) -> Result<(), LoadError> {
     let server = &plan.target;
     loop {
-        let next = queue.lock().expect("queue").pop_front();
-        let Some((ti, chunk)) = next else { break };
-        let (db, table) = {
+        let next = queue.lock().await.recv().await;
+        let ti = match next {
+            None => break,
+            Some(Item::Finish(ti)) => ti,
+            Some(Item::Chunk(ti, chunk)) => {
+                let (db, table) = {
+                    let w = work.lock().expect("work");
+                    (w[ti].db.clone(), w[ti].table.clone())
+                };
+                let local = plan.stage.fetch_chunk(&chunk, &plan.spool).await?;
+                let t0 = Instant::now();
+                let n = chunks::load_chunk(
+                    &mut conn,
+                    server,
+                    &db,
+                    &table,
+                    &chunk,
+                    local.path.clone(),
+                    &plan.manifest.snapshot,
+                    table.transactional,
+                )
+                .await?;
+                drop(local);
+                debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
+                progress.rows.fetch_add(n, Ordering::Relaxed);
+                progress.chunks.fetch_add(1, Ordering::Relaxed);
+                loaded.fetch_add(1, Ordering::Relaxed);
+                let finish = {
+                    let mut w = work.lock().expect("work");
+                    w[ti].loaded += 1;
+                    w[ti].take_finish()
+                };
+                if !finish {
+                    continue;
+                }
+                ti
+            }
+        };
+        let (db, name, deferred) = {
             let w = work.lock().expect("work");
-            (w[ti].db.clone(), w[ti].table.clone())
+            (w[ti].db.clone(), w[ti].table.name.clone(), w[ti].deferred.clone())
         };
-        let local = plan.stage.fetch_chunk(&chunk, &plan.spool).await?;
-        let t0 = Instant::now();
-        let n = chunks::load_chunk(
-            &mut conn,
-            server,
-            &db,
-            &table,
-            &chunk,
-            local.path.clone(),
-            &plan.manifest.snapshot,
-            table.transactional,
-        )
-        .await?;
-        drop(local);
-        debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
-        progress.rows.fetch_add(n, Ordering::Relaxed);
-        progress.chunks.fetch_add(1, Ordering::Relaxed);
-        loaded.fetch_add(1, Ordering::Relaxed);
-        let last = {
-            let mut w = work.lock().expect("work");
-            w[ti].remaining -= 1;
-            w[ti].remaining == 0
-        };
-        if last {
-            let deferred = work.lock().expect("work")[ti].deferred.clone();
-            finish_table(
-                &mut conn,
-                server,
-                &plan.manifest.snapshot,
-                &db,
-                &table.name,
-                &deferred,
-            )
-            .await?;
-        }
+        finish_table(&mut conn, server, &plan.manifest.snapshot, &db, &name, &deferred).await?;
     }
     let _ = conn.disconnect().await;
     Ok(())

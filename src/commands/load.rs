@@ -70,6 +70,35 @@ pub async fn load(plan: LoadPlan, bars: bool) -> Result<LoadReport> {
     Ok(r)
 }
 
+/// Runs a load that follows a running extract (provision). Returns the
+/// report and the published manifest.
+pub async fn load_following(
+    plan: LoadPlan,
+    events: tokio::sync::mpsc::UnboundedReceiver<replseed_stage::SnapshotEvent>,
+    bars: bool,
+) -> Result<(LoadReport, Arc<Manifest>)> {
+    let progress = Arc::new(Progress::default());
+    let p = progress.clone();
+    let reporter = progress::spawn("load", bars, move || progress::Tick {
+        phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
+        done: p.rows.load(Ordering::Relaxed),
+        total: p.rows_total.load(Ordering::Relaxed),
+        unit: "rows",
+    });
+    let target = plan.target.addr();
+    let snapshot = plan.manifest.snapshot.clone();
+    let stage = plan.stage.clone();
+    let r = replseed_load::run_following(plan, events, progress, shutdown_signal()).await;
+    reporter.finish();
+    let r = r.with_context(|| format!("load of snapshot `{snapshot}` into {target} failed"))?;
+    eprintln!(
+        "loaded snapshot {} into {}: {} tables, {} rows, {} chunks, while it was extracted, in {:.1} s",
+        r.snapshot, r.target, r.tables, r.rows, r.chunks_loaded, r.elapsed_s
+    );
+    let m = Arc::new(stage.read_manifest(&snapshot).await?);
+    Ok((r, m))
+}
+
 pub async fn run(a: LoadArgs, bars: bool) -> Result<ExitCode> {
     let stage = Stage::open(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);

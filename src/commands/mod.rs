@@ -127,6 +127,7 @@ pub fn extract_plan(
             ..Default::default()
         },
         lock_free_attempts: tuning.lock_free_attempts,
+        events: None,
     })
 }
 

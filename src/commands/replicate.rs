@@ -79,44 +79,62 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
         }
         targets.push(t.clone());
     }
+    let many = a.targets.len() > 1;
+    let mut tasks = Vec::new();
     let (manifest, extract_summary) = match &a.snapshot {
         Some(id) => {
+            // Reuse a published snapshot: every target loads it, then catches up.
             let stage = Stage::open(&a.stage.stage)?;
-            let m = stage.resolve(id).await?;
-            eprintln!(
-                "reusing snapshot {} (GTID '{}')",
-                m.snapshot, m.position.gtid
-            );
+            let m = Arc::new(stage.resolve(id).await?);
+            eprintln!("reusing snapshot {} (GTID '{}')", m.snapshot, m.position.gtid);
+            for t in &targets {
+                let lplan = super::load::plan(t, Stage::open(&a.stage.stage)?, m.clone(), &a.opts)?;
+                let cplan = catchup_plan(&source, t, m.clone(), &a.replication)?;
+                tasks.push(tokio::spawn(async move {
+                    let l = super::load::load(lplan, bars && !many).await?;
+                    let c = catchup_one(cplan, bars && !many).await?;
+                    Ok::<_, anyhow::Error>((l, c))
+                }));
+            }
             (m, serde_json::Value::Null)
         }
         None => {
-            let plan = super::extract_plan(
-                &a.source,
-                &a.stage.stage,
-                None,
-                a.databases.clone(),
-                a.opts.threads,
-                &a.tuning,
-            )?;
-            let (m, secs) = super::extract(plan, bars).await?;
+            // Extract, and load every target while the extract writes the
+            // chunks: each chunk is loaded as soon as it is in the stage.
+            let mut plan = super::extract_plan(&a.source, &a.stage.stage, None, a.databases.clone(), a.opts.threads, &a.tuning)?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            plan.events = Some(tx);
+            let extract = tokio::spawn(super::extract(plan, false));
+            let mut senders = Vec::new();
+            // The first event carries the schema; without it the extract failed.
+            if let Some(replseed_stage::SnapshotEvent::Started(skeleton)) = rx.recv().await {
+                for t in &targets {
+                    let (ttx, trx) = tokio::sync::mpsc::unbounded_channel();
+                    senders.push(ttx);
+                    let lplan = super::load::plan(t, Stage::open(&a.stage.stage)?, skeleton.clone(), &a.opts)?;
+                    let cplan = catchup_plan(&source, t, skeleton.clone(), &a.replication)?;
+                    tasks.push(tokio::spawn(async move {
+                        let (l, published) = super::load::load_following(lplan, trx, bars && !many).await?;
+                        let cplan = CatchupPlan {
+                            manifest: published,
+                            ..cplan
+                        };
+                        let c = catchup_one(cplan, bars && !many).await?;
+                        Ok::<_, anyhow::Error>((l, c))
+                    }));
+                }
+            }
+            while let Some(ev) = rx.recv().await {
+                for s in &senders {
+                    let _ = s.send(ev.clone());
+                }
+            }
+            drop(senders);
+            let (m, secs) = extract.await.expect("extract task panicked")?;
             let j = extract_json(&m, secs);
-            (m, j)
+            (Arc::new(m), j)
         }
     };
-    let manifest = Arc::new(manifest);
-    // Every target: load, then catch up; targets run side by side.
-    let mut tasks = Vec::new();
-    for t in targets {
-        let stage = Stage::open(&a.stage.stage)?;
-        let lplan = super::load::plan(&t, stage, manifest.clone(), &a.opts)?;
-        let cplan = catchup_plan(&source, &t, manifest.clone(), &a.replication)?;
-        let many = a.targets.len() > 1;
-        tasks.push(tokio::spawn(async move {
-            let l = super::load::load(lplan, bars && !many).await?;
-            let c = catchup_one(cplan, bars && !many).await?;
-            Ok::<_, anyhow::Error>((l, c))
-        }));
-    }
     let mut results = Vec::new();
     let mut failed = 0;
     for (t, h) in a.targets.iter().zip(tasks) {

@@ -35,3 +35,34 @@ pub fn default_snapshot_id() -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .collect()
 }
+
+/// What an extract reports while it writes a snapshot, so that a loader can
+/// follow it (`provision` loads chunks while the extract still produces
+/// them). A snapshot is only published, and only loadable on its own, after
+/// [`SnapshotEvent::Published`].
+#[derive(Debug, Clone)]
+pub enum SnapshotEvent {
+    /// The cut is taken and the schema read: the manifest as it will be
+    /// published, without chunks and totals.
+    Started(std::sync::Arc<Manifest>),
+    /// A chunk file is complete in the stage.
+    Chunk {
+        /// Database.
+        database: String,
+        /// Table.
+        table: String,
+        /// The chunk, as it will appear in the manifest.
+        chunk: manifest::Chunk,
+    },
+    /// Every chunk of a table is in the stage.
+    TableDone {
+        /// Database.
+        database: String,
+        /// Table.
+        table: String,
+        /// How many chunks the table has.
+        chunks: usize,
+    },
+    /// The manifest is published.
+    Published(std::sync::Arc<Manifest>),
+}

@@ -397,7 +397,7 @@ impl Stage {
             state: Arc::new(Mutex::new((Sha256::new(), 0))),
         };
         let state = sink.state.clone();
-        let writer = AsyncArrowWriter::try_new(sink, schema, Some(props.writer_properties()))
+        let writer = AsyncArrowWriter::try_new(sink, schema.clone(), Some(props.writer_properties(&schema)))
             .map_err(|e| StageError::Parquet {
                 key: rel.to_string(),
                 source: e,
@@ -611,7 +611,7 @@ pub struct ChunkProps {
 impl Default for ChunkProps {
     fn default() -> Self {
         ChunkProps {
-            zstd_level: 3,
+            zstd_level: 1,
             row_group_rows: 128 * 1024,
         }
     }
@@ -623,15 +623,28 @@ impl ChunkProps {
         format!("zstd({})", self.zstd_level)
     }
 
-    fn writer_properties(&self) -> WriterProperties {
-        WriterProperties::builder()
+    fn writer_properties(&self, schema: &arrow::datatypes::Schema) -> WriterProperties {
+        let mut b = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
             ))
             .set_max_row_group_row_count(Some(self.row_group_rows))
             .set_max_row_group_bytes(Some(64 << 20))
-            .set_created_by(format!("replseed {}", env!("CARGO_PKG_VERSION")))
-            .build()
+            // Dictionary pages pay off for low-cardinality columns only (for
+            // high-cardinality ones they cost time and, measured on
+            // sysbench data, 3% more bytes).
+            .set_dictionary_enabled(false)
+            .set_created_by(format!("replseed {}", env!("CARGO_PKG_VERSION")));
+        for f in schema.fields() {
+            let kind = f.metadata().get(crate::types::META_KIND).map(|s| s.as_str());
+            if matches!(kind, Some("enum" | "set" | "year" | "bit")) {
+                b = b.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(f.name().as_str()),
+                    true,
+                );
+            }
+        }
+        b.build()
     }
 }
 

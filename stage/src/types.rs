@@ -857,6 +857,15 @@ pub struct TextEncoder {
 
 /// Appends `bytes` with LOAD DATA escaping (`\0 \t \n \\`).
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Most values need no escaping: check without branching per byte (the
+    // compiler vectorizes this), then copy in one go.
+    let special = bytes
+        .iter()
+        .fold(false, |acc, &b| acc | (b == 0) | (b == b'\t') | (b == b'\n') | (b == b'\\'));
+    if !special {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc = match b {
@@ -874,25 +883,9 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-fn push_int<T: itoa_like::Int>(out: &mut Vec<u8>, v: T) {
-    v.push(out)
-}
-
-mod itoa_like {
-    use std::io::Write;
-    pub trait Int {
-        fn push(self, out: &mut Vec<u8>);
-    }
-    macro_rules! imp {
-        ($($t:ty),*) => {$(
-            impl Int for $t {
-                fn push(self, out: &mut Vec<u8>) {
-                    let _ = write!(out, "{}", self);
-                }
-            }
-        )*};
-    }
-    imp!(i8, i16, i32, i64, u8, u16, u32, u64);
+fn push_int<T: itoa::Integer>(out: &mut Vec<u8>, v: T) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(v).as_bytes());
 }
 
 /// Exact text for a double: shortest round-trip digits, in exponent form.
