@@ -4,7 +4,10 @@
 # Not part of CI. Writes docs/BENCHMARKS.md (results, machine, commands;
 # docs/bench-notes.md is appended as the analysis).
 #
-#   ci/bench.sh [--tables 8] [--rows 500000] [--threads 2] [--big-rows 2000000] [--skip TOOL,...]
+#   ci/bench.sh [--tables 8] [--rows 500000] [--threads 2] [--big-rows 2000000] [--repeat 3] [--skip TOOL,...]
+#
+# mydumper+myloader and the replseed runs are repeated --repeat times and the
+# median is reported (single runs on a 2-core machine vary by +-10%).
 #
 # TOOL: dump (mariadb-dump), mydumper, mydumper-c (compressed), replseed,
 # provision, backup (mariadb-backup), lowerbound (SELECT INTO OUTFILE +
@@ -14,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-TABLES=8 ROWS=500000 THREADS=2 BIG_ROWS=2000000 SKIP=""
+TABLES=8 ROWS=500000 THREADS=2 BIG_ROWS=2000000 SKIP="" REPEAT=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --tables) TABLES=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift 2 ;;
     --big-rows) BIG_ROWS=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -72,7 +76,8 @@ check_replica() {   # row counts of every table equal the master's
 }
 
 RESULTS=()
-record() { RESULTS+=("$1"$'\t'"$2"$'\t'"$3"$'\t'"$4"$'\t'"$5"); echo ">> $1: $2 s (bytes ${3:--}, rss ${4:--}) $5" >&2; }
+SEP=$'\x1f'  # field separator of RESULTS (not whitespace: empty fields stay)
+record() { RESULTS+=("$1$SEP$2$SEP$3$SEP$4$SEP$5"); echo ">> $1: $2 s (bytes ${3:--}, rss ${4:--}) $5" >&2; }
 
 echo "== master with $TABLES x $ROWS sysbench rows" >&2
 "$SB" mariadb start --dir "$WORK/master" --port $MPORT --server-id 1 --buffer-pool-mb $BP --opt=--innodb-log-file-size=$REDO >/dev/null
@@ -92,19 +97,25 @@ if ! skipped dump; then
   check_replica mariadb-dump
 fi
 
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
 MYD_S=""
 if ! skipped mydumper; then
-  fresh_replica
-  rm -rf "$WORK/mydumper"
-  T=$(now)
-  mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
-  D=$(since "$T")
-  T=$(now)
-  myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
-  L=$(since "$T")
-  MYD_S=$(echo "$D + $L" | bc -l)
-  record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "dump $D s + load $L s"
-  check_replica myloader
+  TOT=() DS=() LS_=()
+  for _ in $(seq 1 "$REPEAT"); do
+    fresh_replica
+    rm -rf "$WORK/mydumper"
+    T=$(now)
+    mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
+    D=$(since "$T")
+    T=$(now)
+    myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
+    L=$(since "$T")
+    check_replica myloader
+    TOT+=("$(echo "$D + $L" | bc -l)") DS+=("$D") LS_+=("$L")
+  done
+  MYD_S=$(median "${TOT[@]}")
+  record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "median of $REPEAT: dump $(median "${DS[@]}") s + load $(median "${LS_[@]}") s (runs: ${TOT[*]})"
 fi
 
 if ! skipped mydumper-c; then
@@ -126,26 +137,33 @@ timed() {  # timed NAME CMD... : wall seconds and peak RSS (KiB) of one command
 }
 
 if ! skipped replseed; then
-  fresh_replica
-  rm -rf "$WORK/stage"
-  timed extract "$RS" extract --source $MASTER --stage "$WORK/stage" --snapshot bench --threads "$THREADS" --json
-  ES=$SECS ERSS=$RSS
-  BYTES=$(du -sb "$WORK/stage" | cut -f1)
-  timed load "$RS" load --stage "$WORK/stage" --snapshot bench --target $REPLICA --threads "$THREADS" --json
-  LS=$SECS LRSS=$RSS
-  record "replseed extract" "$ES" "$BYTES" "$ERSS" "zstd Parquet"
-  record "replseed load" "$LS" "" "$LRSS" ""
-  record "replseed extract + load" "$(echo "$ES + $LS" | bc -l)" "$BYTES" "" "run one after the other"
-  check_replica "replseed load"
+  ES_=() LS_=() TOT=() ERSS=0 LRSS=0
+  for _ in $(seq 1 "$REPEAT"); do
+    fresh_replica
+    rm -rf "$WORK/stage"
+    timed extract "$RS" extract --source $MASTER --stage "$WORK/stage" --snapshot bench --threads "$THREADS" --json
+    ES_+=("$SECS"); (( RSS > ERSS )) && ERSS=$RSS
+    BYTES=$(du -sb "$WORK/stage" | cut -f1)
+    timed load "$RS" load --stage "$WORK/stage" --snapshot bench --target $REPLICA --threads "$THREADS" --json
+    LS_+=("$SECS"); (( RSS > LRSS )) && LRSS=$RSS
+    TOT+=("$(echo "${ES_[-1]} + $SECS" | bc -l)")
+    check_replica "replseed load"
+  done
+  record "replseed extract" "$(median "${ES_[@]}")" "$BYTES" "$ERSS" "zstd Parquet; median of $REPEAT (runs: ${ES_[*]})"
+  record "replseed load" "$(median "${LS_[@]}")" "" "$LRSS" "median of $REPEAT (runs: ${LS_[*]})"
+  record "replseed extract, then load" "$(median "${TOT[@]}")" "$BYTES" "" "median of $REPEAT"
 fi
 
 if ! skipped provision; then
-  fresh_replica
-  rm -rf "$WORK/stage-p"
-  timed provision "$RS" provision --source $MASTER --target $REPLICA --stage "$WORK/stage-p" --threads "$THREADS" --json
-  record "replseed provision (end to end)" "$SECS" "$(du -sb "$WORK/stage-p" | cut -f1)" "$RSS" "extract + load + catch-up, replicating at the end"
-  PROV_S=$SECS
-  check_replica "replseed provision"
+  PS_=() PRSS=0
+  for _ in $(seq 1 "$REPEAT"); do
+    fresh_replica
+    rm -rf "$WORK/stage-p"
+    timed provision "$RS" provision --source $MASTER --target $REPLICA --stage "$WORK/stage-p" --threads "$THREADS" --json
+    PS_+=("$SECS"); (( RSS > PRSS )) && PRSS=$RSS
+    check_replica "replseed provision"
+  done
+  record "replseed provision (end to end)" "$(median "${PS_[@]}")" "$(du -sb "$WORK/stage-p" | cut -f1)" "$PRSS" "extract, load while extracting, catch up: replicating at the end; median of $REPEAT (runs: ${PS_[*]})"
 fi
 
 if ! skipped backup; then
@@ -201,7 +219,7 @@ MEM=$(free -g | awk '/Mem:/ {print $2}')
   echo "| tool | wall time (s) | vs mydumper+myloader | staged bytes | peak RSS | notes |"
   echo "|---|---:|---:|---:|---:|---|"
   for r in "${RESULTS[@]}"; do
-    IFS=$'\t' read -r name secs bytes rss note <<< "$r"
+    IFS=$SEP read -r name secs bytes rss note <<< "$r"
     ratio=""
     if [ -n "$MYD_S" ]; then ratio=$(echo "$secs / $MYD_S" | bc -l | xargs printf '%.2fx'); fi
     hbytes=""; [ -n "$bytes" ] && hbytes=$(numfmt --to=iec-i --suffix=B "$bytes")
@@ -228,7 +246,7 @@ MEM=$(free -g | awk '/Mem:/ {print $2}')
   echo "mariadb-backup --backup --parallel=$THREADS --target-dir=DIR && mariadb-backup --prepare --target-dir=DIR"
   echo '```'
   echo
-  echo "Peak RSS is /usr/bin/time's maximum resident set size of the replseed process."
+  echo "Peak RSS is /usr/bin/time's maximum resident set size of the replseed process (the largest of the repeated runs)."
   if [ -f docs/bench-notes.md ]; then echo; cat docs/bench-notes.md; fi
 } > docs/BENCHMARKS.md
 echo "wrote docs/BENCHMARKS.md" >&2

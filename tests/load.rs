@@ -514,3 +514,69 @@ async fn verify_reports_differences() {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_reports_a_broken_replication_with_the_replicas_error() {
+    let m = shop_master().await;
+    let t = replica(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "b1",
+        ],
+        &[],
+    )
+    .await;
+    replseed_ok(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "b1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+    )
+    .await;
+    // The replica lost a row behind replication's back; the master then updates it.
+    exec(
+        &t,
+        "SET SESSION sql_log_bin=0; DELETE FROM shop.customers WHERE id = 7",
+    )
+    .await;
+    exec(
+        &m,
+        "UPDATE shop.customers SET name = 'renamed' WHERE id = 7",
+    )
+    .await;
+    let err = replseed_fails(
+        &[
+            "catchup",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "b1",
+            "--source",
+            &m.url(),
+            "--target",
+            &t.url(),
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(
+        err.contains("replication stopped: SQL thread error 1032"),
+        "{err}"
+    );
+    assert!(err.contains("fix the cause on the replica"), "{err}");
+}

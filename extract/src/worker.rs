@@ -306,7 +306,12 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
     Ok(chunks)
 }
 
-async fn close(ctx: &Ctx, tp: &TablePlan, o: Open, last_key: &[Value]) -> Result<Chunk, ExtractError> {
+async fn close(
+    ctx: &Ctx,
+    tp: &TablePlan,
+    o: Open,
+    last_key: &[Value],
+) -> Result<Chunk, ExtractError> {
     let mut chunk = o.writer.finish().await?;
     if !o.first.is_empty() {
         chunk.key_range = Some(KeyRange {

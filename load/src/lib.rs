@@ -849,8 +849,14 @@ async fn run_inner(
         let workers_alive = || handles.iter().any(|h| !h.is_finished());
         while let Some(ev) = events.recv().await {
             match ev {
-                SnapshotEvent::Chunk { database, table, chunk } => {
-                    let Some(ti) = find(&database, &table) else { continue };
+                SnapshotEvent::Chunk {
+                    database,
+                    table,
+                    chunk,
+                } => {
+                    let Some(ti) = find(&database, &table) else {
+                        continue;
+                    };
                     progress.rows_total.fetch_add(chunk.rows, Ordering::Relaxed);
                     if done.contains(&chunk.path) {
                         resumed += 1;
@@ -859,8 +865,14 @@ async fn run_inner(
                         let _ = tx.send(Item::Chunk(ti, chunk));
                     }
                 }
-                SnapshotEvent::TableDone { database, table, chunks } => {
-                    let Some(ti) = find(&database, &table) else { continue };
+                SnapshotEvent::TableDone {
+                    database,
+                    table,
+                    chunks,
+                } => {
+                    let Some(ti) = find(&database, &table) else {
+                        continue;
+                    };
                     let finish = {
                         let mut w = work.lock().expect("work");
                         w[ti].total = Some(chunks);
@@ -918,11 +930,27 @@ async fn run_inner(
     }
     // Routines first: views may call functions; triggers may call both.
     for d in &m.databases {
-        create_objects(&mut conn, server, &m.snapshot, d, &d.routines, &mut ours_now).await?;
+        create_objects(
+            &mut conn,
+            server,
+            &m.snapshot,
+            d,
+            &d.routines,
+            &mut ours_now,
+        )
+        .await?;
     }
     create_views(&mut conn, server, &m, &mut ours_now).await?;
     for d in &m.databases {
-        create_objects(&mut conn, server, &m.snapshot, d, &d.triggers, &mut ours_now).await?;
+        create_objects(
+            &mut conn,
+            server,
+            &m.snapshot,
+            d,
+            &d.triggers,
+            &mut ours_now,
+        )
+        .await?;
         create_objects(&mut conn, server, &m.snapshot, d, &d.events, &mut ours_now).await?;
     }
     exec(
@@ -964,14 +992,19 @@ async fn create_objects(
         if let Some(drop) = drop_statement(&key, &o.kind) {
             exec(conn, server, &drop).await?;
         }
-        create_object(conn, server, &d.name, o).await.map_err(|e| LoadError::Object {
-            object: format!("{} {}.{}", o.kind, d.name, o.name),
-            detail: replseed_stage::sql::describe(&e).0,
-        })?;
+        create_object(conn, server, &d.name, o)
+            .await
+            .map_err(|e| LoadError::Object {
+                object: format!("{} {}.{}", o.kind, d.name, o.name),
+                detail: replseed_stage::sql::describe(&e).0,
+            })?;
         if o.kind == "event" && o.create_sql.contains(" ENABLE ") {
             // A replica must not run the master's events itself (MariaDB
             // marks replicated events this way too).
-            let sql = format!("ALTER EVENT {} DISABLE ON SLAVE", qualified(&d.name, &o.name));
+            let sql = format!(
+                "ALTER EVENT {} DISABLE ON SLAVE",
+                qualified(&d.name, &o.name)
+            );
             exec(conn, server, &sql).await?;
         }
         set_state(conn, server, snapshot, &key, "created").await?;
@@ -1108,9 +1141,21 @@ async fn load_worker(
         };
         let (db, name, deferred) = {
             let w = work.lock().expect("work");
-            (w[ti].db.clone(), w[ti].table.name.clone(), w[ti].deferred.clone())
+            (
+                w[ti].db.clone(),
+                w[ti].table.name.clone(),
+                w[ti].deferred.clone(),
+            )
         };
-        finish_table(&mut conn, server, &plan.manifest.snapshot, &db, &name, &deferred).await?;
+        finish_table(
+            &mut conn,
+            server,
+            &plan.manifest.snapshot,
+            &db,
+            &name,
+            &deferred,
+        )
+        .await?;
     }
     let _ = conn.disconnect().await;
     Ok(())

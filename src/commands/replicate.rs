@@ -86,7 +86,10 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
             // Reuse a published snapshot: every target loads it, then catches up.
             let stage = Stage::open(&a.stage.stage)?;
             let m = Arc::new(stage.resolve(id).await?);
-            eprintln!("reusing snapshot {} (GTID '{}')", m.snapshot, m.position.gtid);
+            eprintln!(
+                "reusing snapshot {} (GTID '{}')",
+                m.snapshot, m.position.gtid
+            );
             for t in &targets {
                 let lplan = super::load::plan(t, Stage::open(&a.stage.stage)?, m.clone(), &a.opts)?;
                 let cplan = catchup_plan(&source, t, m.clone(), &a.replication)?;
@@ -101,7 +104,14 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
         None => {
             // Extract, and load every target while the extract writes the
             // chunks: each chunk is loaded as soon as it is in the stage.
-            let mut plan = super::extract_plan(&a.source, &a.stage.stage, None, a.databases.clone(), a.opts.threads, &a.tuning)?;
+            let mut plan = super::extract_plan(
+                &a.source,
+                &a.stage.stage,
+                None,
+                a.databases.clone(),
+                a.opts.threads,
+                &a.tuning,
+            )?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             plan.events = Some(tx);
             let extract = tokio::spawn(super::extract(plan, false));
@@ -111,10 +121,16 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                 for t in &targets {
                     let (ttx, trx) = tokio::sync::mpsc::unbounded_channel();
                     senders.push(ttx);
-                    let lplan = super::load::plan(t, Stage::open(&a.stage.stage)?, skeleton.clone(), &a.opts)?;
+                    let lplan = super::load::plan(
+                        t,
+                        Stage::open(&a.stage.stage)?,
+                        skeleton.clone(),
+                        &a.opts,
+                    )?;
                     let cplan = catchup_plan(&source, t, skeleton.clone(), &a.replication)?;
                     tasks.push(tokio::spawn(async move {
-                        let (l, published) = super::load::load_following(lplan, trx, bars && !many).await?;
+                        let (l, published) =
+                            super::load::load_following(lplan, trx, bars && !many).await?;
                         let cplan = CatchupPlan {
                             manifest: published,
                             ..cplan

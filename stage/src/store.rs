@@ -397,11 +397,12 @@ impl Stage {
             state: Arc::new(Mutex::new((Sha256::new(), 0))),
         };
         let state = sink.state.clone();
-        let writer = AsyncArrowWriter::try_new(sink, schema.clone(), Some(props.writer_properties(&schema)))
-            .map_err(|e| StageError::Parquet {
-                key: rel.to_string(),
-                source: e,
-            })?;
+        let writer =
+            AsyncArrowWriter::try_new(sink, schema.clone(), Some(props.writer_properties(&schema)))
+                .map_err(|e| StageError::Parquet {
+                    key: rel.to_string(),
+                    source: e,
+                })?;
         Ok(ChunkWriter {
             writer,
             rel: rel.to_string(),
@@ -636,7 +637,10 @@ impl ChunkProps {
             .set_dictionary_enabled(false)
             .set_created_by(format!("replseed {}", env!("CARGO_PKG_VERSION")));
         for f in schema.fields() {
-            let kind = f.metadata().get(crate::types::META_KIND).map(|s| s.as_str());
+            let kind = f
+                .metadata()
+                .get(crate::types::META_KIND)
+                .map(|s| s.as_str());
             if matches!(kind, Some("enum" | "set" | "year" | "bit")) {
                 b = b.set_column_dictionary_enabled(
                     parquet::schema::types::ColumnPath::from(f.name().as_str()),

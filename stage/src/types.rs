@@ -859,9 +859,9 @@ pub struct TextEncoder {
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     // Most values need no escaping: check without branching per byte (the
     // compiler vectorizes this), then copy in one go.
-    let special = bytes
-        .iter()
-        .fold(false, |acc, &b| acc | (b == 0) | (b == b'\t') | (b == b'\n') | (b == b'\\'));
+    let special = bytes.iter().fold(false, |acc, &b| {
+        acc | (b == 0) | (b == b'\t') | (b == b'\n') | (b == b'\\')
+    });
     if !special {
         out.extend_from_slice(bytes);
         return;
