@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, Value};
+use mysql_async::{Conn, Row};
 use replseed_stage::manifest::Manifest;
-use replseed_stage::sql::{quote_str, DbError, Server};
+use replseed_stage::sql::{first, quote_str, text, DbError, Server};
 use tracing::info;
 
 /// Everything that can stop a catch-up.
@@ -140,24 +140,6 @@ pub struct CatchupReport {
     pub caught_up: bool,
     /// Seconds.
     pub elapsed_s: f64,
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::NULL => String::new(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn first(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Value>, DbError> {
-    let r: Option<Row> = conn
-        .query_first(sql)
-        .await
-        .map_err(|e| server.err(format!("running `{sql}`"), &e))?;
-    Ok(r.map(|r| r.unwrap()).unwrap_or_default())
 }
 
 async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbError> {

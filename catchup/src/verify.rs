@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
-use replseed_stage::sql::{qualified, quote_ident, quote_str, DbError, Server};
+use replseed_stage::sql::{qualified, quote_ident, quote_str, rows, text, DbError, Server};
 use tracing::info;
 
 use crate::{slave_status, CatchupError};
@@ -79,26 +79,6 @@ const SESSION: &[&str] = &[
     "SET SESSION max_statement_time=0",
     "SET SESSION net_write_timeout=3600",
 ];
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::NULL => "NULL".to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn rows(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Vec<Value>>, DbError> {
-    let r: Vec<Row> = conn.query(sql).await.map_err(|e| {
-        server.err(
-            format!("running `{}`", sql.chars().take(160).collect::<String>()),
-            &e,
-        )
-    })?;
-    Ok(r.into_iter().map(|r| r.unwrap()).collect())
-}
 
 /// Objects of a database: (kind, name) -> SHOW CREATE text (normalized).
 async fn objects(

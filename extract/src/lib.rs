@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, Value};
+use mysql_async::{Conn, Value};
 use replseed_stage::manifest::{
     Consistency, Manifest, Position, Settings, SourceInfo, Totals, FORMAT_NAME, FORMAT_VERSION,
 };
-use replseed_stage::sql::{DbError, Server};
+use replseed_stage::sql::{first, text, DbError, Server};
 use replseed_stage::{ChunkProps, SnapshotState, Stage, StageError};
 use tracing::{info, warn};
 
@@ -178,27 +178,9 @@ const WORKER_SETUP: &[&str] = &[
     "SET SESSION max_statement_time=0",
 ];
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::NULL => String::new(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn first_row(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Value>, DbError> {
-    let r: Option<Row> = conn
-        .query_first(sql)
-        .await
-        .map_err(|e| server.err(format!("running `{sql}`"), &e))?;
-    Ok(r.map(|r| r.unwrap()).unwrap_or_default())
-}
-
 /// Checks that the source can be a master for replseed and describes it.
 pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, ExtractError> {
-    let r = first_row(
+    let r = first(
         conn,
         server,
         "SELECT VERSION(), @@server_id, @@hostname, @@port, @@log_bin, @@binlog_format, @@gtid_domain_id, \
@@ -449,7 +431,7 @@ async fn run_inner(
             detail: "Binlog_snapshot_file is empty: the binary log is not active".into(),
         });
     }
-    let g = first_row(
+    let g = first(
         &mut control,
         server,
         &format!(

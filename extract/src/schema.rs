@@ -2,10 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, Value};
+use mysql_async::{Conn, Value};
 use replseed_stage::manifest::{Database, Object, Sequence, Table};
-use replseed_stage::sql::{qualified, quote_ident, DbError, Server};
+use replseed_stage::sql::{qualified, quote_ident, rows, text, Server};
 use replseed_stage::types::{assign_raw_columns, ColumnKind, ColumnSpec};
 
 use crate::ExtractError;
@@ -30,20 +29,10 @@ pub struct TablePlan {
     pub est_rows: u64,
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::NULL => String::new(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 fn opt_s(v: &Value) -> Option<String> {
     match v {
         Value::NULL => None,
-        other => Some(s(other)),
+        other => Some(text(other)),
     }
 }
 
@@ -56,16 +45,6 @@ fn u(v: &Value) -> Option<u64> {
     }
 }
 
-async fn rows(conn: &mut Conn, server: &Server, sql: String) -> Result<Vec<Vec<Value>>, DbError> {
-    let r: Vec<Row> = conn.query(&sql).await.map_err(|e| {
-        server.err(
-            format!("running `{}`", sql.chars().take(120).collect::<String>()),
-            &e,
-        )
-    })?;
-    Ok(r.into_iter().map(|r| r.unwrap()).collect())
-}
-
 /// Lists the databases to copy.
 pub async fn databases(
     conn: &mut Conn,
@@ -75,11 +54,11 @@ pub async fn databases(
     let all: Vec<String> = rows(
         conn,
         server,
-        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME".into(),
+        "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
     )
     .await?
     .iter()
-    .map(|r| s(&r[0]))
+    .map(|r| text(&r[0]))
     .collect();
     match wanted {
         Some(list) => {
@@ -128,20 +107,20 @@ pub async fn database(
     let create = rows(
         conn,
         server,
-        format!("SHOW CREATE DATABASE {}", quote_ident(db)),
+        &format!("SHOW CREATE DATABASE {}", quote_ident(db)),
     )
     .await?;
     let cs = rows(
         conn,
         server,
-        format!("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME={dbq}"),
+        &format!("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME={dbq}"),
     )
     .await?;
     let mut database = Database {
         name: db.to_string(),
-        create_sql: s(&create[0][1]),
-        charset: s(&cs[0][0]),
-        collation: s(&cs[0][1]),
+        create_sql: text(&create[0][1]),
+        charset: text(&cs[0][0]),
+        collation: text(&cs[0][1]),
         tables: Vec::new(),
         sequences: Vec::new(),
         views: Vec::new(),
@@ -154,7 +133,7 @@ pub async fn database(
     let tables = rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, TABLE_ROWS FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME"
         ),
@@ -166,7 +145,7 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
              IS_NULLABLE, EXTRA, IS_GENERATED, GENERATION_EXPRESSION, NUMERIC_PRECISION, NUMERIC_SCALE \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME, ORDINAL_POSITION"
@@ -174,74 +153,74 @@ pub async fn database(
     )
     .await?
     {
-        columns.entry(s(&r[0])).or_default().push(r);
+        columns.entry(text(&r[0])).or_default().push(r);
     }
     let mut pks: HashMap<String, Vec<String>> = HashMap::new();
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA={dbq} AND INDEX_NAME='PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX"
         ),
     )
     .await?
     {
-        pks.entry(s(&r[0])).or_default().push(s(&r[1]));
+        pks.entry(text(&r[0])).or_default().push(text(&r[1]));
     }
     let mut json_cols: HashSet<(String, String)> = HashSet::new();
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
              WHERE CONSTRAINT_SCHEMA={dbq} AND LEVEL='Column'"
         ),
     )
     .await?
     {
-        let clause = s(&r[1]);
+        let clause = text(&r[1]);
         if let Some(col) = clause
             .strip_prefix("json_valid(`")
             .and_then(|c| c.strip_suffix("`)"))
         {
-            json_cols.insert((s(&r[0]), col.replace("``", "`")));
+            json_cols.insert((text(&r[0]), col.replace("``", "`")));
         }
     }
     let mut fk_tables: HashSet<String> = HashSet::new();
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
              WHERE CONSTRAINT_SCHEMA={dbq} OR UNIQUE_CONSTRAINT_SCHEMA={dbq}"
         ),
     )
     .await?
     {
-        fk_tables.insert(s(&r[0]));
-        if s(&r[2]) == db {
-            fk_tables.insert(s(&r[1]));
+        fk_tables.insert(text(&r[0]));
+        if text(&r[2]) == db {
+            fk_tables.insert(text(&r[1]));
         }
     }
 
     let mut plans = Vec::new();
     for t in &tables {
-        let name = s(&t[0]);
-        let ttype = s(&t[1]);
-        let engine = s(&t[2]);
+        let name = text(&t[0]);
+        let ttype = text(&t[1]);
+        let engine = text(&t[2]);
         match ttype.as_str() {
             "VIEW" => {
                 let r = rows(
                     conn,
                     server,
-                    format!("SHOW CREATE VIEW {}", qualified(db, &name)),
+                    &format!("SHOW CREATE VIEW {}", qualified(db, &name)),
                 )
                 .await?;
                 database.views.push(Object {
                     name,
                     kind: "view".into(),
-                    create_sql: s(&r[0][1]),
+                    create_sql: text(&r[0][1]),
                     sql_mode: None,
                     character_set_client: opt_s(&r[0][2]),
                     collation_connection: opt_s(&r[0][3]),
@@ -254,12 +233,12 @@ pub async fn database(
                 let r = rows(
                     conn,
                     server,
-                    format!("SHOW CREATE SEQUENCE {}", qualified(db, &name)),
+                    &format!("SHOW CREATE SEQUENCE {}", qualified(db, &name)),
                 )
                 .await?;
                 database.sequences.push(Sequence {
                     name,
-                    create_sql: s(&r[0][1]),
+                    create_sql: text(&r[0][1]),
                     row: Vec::new(), // read inside the snapshot
                 });
             }
@@ -268,20 +247,20 @@ pub async fn database(
                 let r = rows(
                     conn,
                     server,
-                    format!("SHOW CREATE TABLE {}", qualified(db, &name)),
+                    &format!("SHOW CREATE TABLE {}", qualified(db, &name)),
                 )
                 .await?;
-                let create_sql = s(&r[0][1]);
+                let create_sql = text(&r[0][1]);
                 let cols = columns.get(&name).cloned().unwrap_or_default();
                 let mut specs = Vec::new();
                 let mut all_columns = Vec::new();
                 let mut has_explicit_period = false;
                 for c in &cols {
-                    let cname = s(&c[1]);
+                    let cname = text(&c[1]);
                     all_columns.push(cname.clone());
-                    let extra = s(&c[7]);
-                    let generated = s(&c[8]) == "ALWAYS";
-                    let gen_expr = s(&c[9]);
+                    let extra = text(&c[7]);
+                    let generated = text(&c[8]) == "ALWAYS";
+                    let gen_expr = text(&c[9]);
                     let period = gen_expr == "ROW START" || gen_expr == "ROW END";
                     if period {
                         has_explicit_period = true;
@@ -289,8 +268,8 @@ pub async fn database(
                     if generated && !period {
                         continue; // recomputed by the replica
                     }
-                    let data_type = s(&c[2]);
-                    let column_type = s(&c[3]);
+                    let data_type = text(&c[2]);
+                    let column_type = text(&c[3]);
                     let charset = opt_s(&c[4]);
                     let is_json = json_cols.contains(&(name.clone(), cname.clone()));
                     let kind = ColumnKind::classify(
@@ -317,7 +296,7 @@ pub async fn database(
                         data_type,
                         charset,
                         collation: opt_s(&c[5]),
-                        nullable: s(&c[6]) == "YES",
+                        nullable: text(&c[6]) == "YES",
                         invisible: extra.contains("INVISIBLE"),
                         kind,
                         raw_column: None,
@@ -344,8 +323,8 @@ pub async fn database(
                     // The history makes the declared key non-unique; row end completes it.
                     let end = if has_explicit_period {
                         cols.iter()
-                            .find(|c| s(&c[9]) == "ROW END")
-                            .map(|c| s(&c[1]))
+                            .find(|c| text(&c[9]) == "ROW END")
+                            .map(|c| text(&c[1]))
                     } else {
                         Some("ROW_END".to_string())
                     };
@@ -389,24 +368,24 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS \
              WHERE TRIGGER_SCHEMA={dbq} ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER"
         ),
     )
     .await?
     {
-        let name = s(&r[0]);
-        let d = rows(conn, server, format!("SHOW CREATE TRIGGER {}", qualified(db, &name))).await?;
+        let name = text(&r[0]);
+        let d = rows(conn, server, &format!("SHOW CREATE TRIGGER {}", qualified(db, &name))).await?;
         database.triggers.push(Object {
             name,
             kind: "trigger".into(),
             sql_mode: opt_s(&d[0][1]),
-            create_sql: s(&d[0][2]),
+            create_sql: text(&d[0][2]),
             character_set_client: opt_s(&d[0][3]),
             collation_connection: opt_s(&d[0][4]),
             database_collation: opt_s(&d[0][5]),
-            table: Some(s(&r[1])),
+            table: Some(text(&r[1])),
             time_zone: None,
         });
     }
@@ -415,15 +394,15 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        format!(
+        &format!(
             "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
              WHERE ROUTINE_SCHEMA={dbq} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"
         ),
     )
     .await?
     {
-        let name = s(&r[0]);
-        let rtype = s(&r[1]);
+        let name = text(&r[0]);
+        let rtype = text(&r[1]);
         let kind = match rtype.as_str() {
             "PROCEDURE" => "procedure",
             "FUNCTION" => "function",
@@ -439,7 +418,7 @@ pub async fn database(
         let d = rows(
             conn,
             server,
-            format!("SHOW CREATE {rtype} {}", qualified(db, &name)),
+            &format!("SHOW CREATE {rtype} {}", qualified(db, &name)),
         )
         .await?;
         let Some(def) = d.first() else { continue };
@@ -454,7 +433,7 @@ pub async fn database(
             name,
             kind: kind.into(),
             sql_mode: opt_s(&def[1]),
-            create_sql: s(&def[2]),
+            create_sql: text(&def[2]),
             character_set_client: opt_s(&def[3]),
             collation_connection: opt_s(&def[4]),
             database_collation: opt_s(&def[5]),
@@ -467,17 +446,17 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={dbq} ORDER BY EVENT_NAME"),
+        &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={dbq} ORDER BY EVENT_NAME"),
     )
     .await?
     {
-        let name = s(&r[0]);
-        let d = rows(conn, server, format!("SHOW CREATE EVENT {}", qualified(db, &name))).await?;
+        let name = text(&r[0]);
+        let d = rows(conn, server, &format!("SHOW CREATE EVENT {}", qualified(db, &name))).await?;
         database.events.push(Object {
             name,
             kind: "event".into(),
             sql_mode: opt_s(&d[0][1]),
-            create_sql: s(&d[0][3]),
+            create_sql: text(&d[0][3]),
             character_set_client: opt_s(&d[0][4]),
             collation_connection: opt_s(&d[0][5]),
             database_collation: opt_s(&d[0][6]),

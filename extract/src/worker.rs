@@ -142,8 +142,10 @@ pub async fn read_sequence(
         .query_first(&sql)
         .await
         .map_err(|e| server.err(format!("reading sequence {db}.{name}"), &e))?;
-    Ok(r.map(|r| r.unwrap().iter().map(crate::text).collect())
-        .unwrap_or_default())
+    Ok(
+        r.map(|r| r.unwrap().iter().map(replseed_stage::sql::text).collect())
+            .unwrap_or_default(),
+    )
 }
 
 /// Runs jobs until the queue is empty. Returns (table index, chunk) pairs.

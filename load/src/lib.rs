@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Row, Value};
+use mysql_async::Conn;
 use replseed_stage::manifest::{Chunk, Database, Manifest, Object, Table};
-use replseed_stage::sql::{qualified, quote_ident, quote_str, DbError, Server};
+use replseed_stage::sql::{exec, qualified, quote_ident, quote_str, rows, text, DbError, Server};
 use replseed_stage::{SnapshotEvent, Stage, StageError};
 use tracing::{debug, info, warn};
 
@@ -176,35 +176,6 @@ const BOOKKEEPING: &[&str] = &[
        loaded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
        PRIMARY KEY (snapshot, path_hash)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::NULL => String::new(),
-        Value::Int(i) => i.to_string(),
-        Value::UInt(u) => u.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-async fn rows(conn: &mut Conn, server: &Server, sql: &str) -> Result<Vec<Vec<Value>>, DbError> {
-    let r: Vec<Row> = conn.query(sql).await.map_err(|e| {
-        server.err(
-            format!("running `{}`", sql.chars().take(100).collect::<String>()),
-            &e,
-        )
-    })?;
-    Ok(r.into_iter().map(|r| r.unwrap()).collect())
-}
-
-async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbError> {
-    conn.query_drop(sql).await.map_err(|e| {
-        server.err(
-            format!("running `{}`", sql.chars().take(200).collect::<String>()),
-            &e,
-        )
-    })
-}
 
 /// Connects a loader session (binlog off, checks off, UTC, binary-safe).
 pub async fn session(server: &Server) -> Result<Conn, LoadError> {

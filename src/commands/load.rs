@@ -37,17 +37,22 @@ pub fn plan(
     })
 }
 
-/// Runs a load with progress reporting.
-pub async fn load(plan: LoadPlan, bars: bool) -> Result<LoadReport> {
+/// Load progress counters and their reporter.
+fn reporter(bars: bool) -> (Arc<Progress>, progress::Reporter) {
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
-    let label = "load";
-    let reporter = progress::spawn(label, bars, move || progress::Tick {
+    let r = progress::spawn("load", bars, move || progress::Tick {
         phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
         done: p.rows.load(Ordering::Relaxed),
         total: p.rows_total.load(Ordering::Relaxed),
         unit: "rows",
     });
+    (progress, r)
+}
+
+/// Runs a load with progress reporting.
+pub async fn load(plan: LoadPlan, bars: bool) -> Result<LoadReport> {
+    let (progress, reporter) = reporter(bars);
     let target = plan.target.addr();
     let snapshot = plan.manifest.snapshot.clone();
     let r = replseed_load::run(plan, progress, shutdown_signal()).await;
@@ -77,14 +82,7 @@ pub async fn load_following(
     events: tokio::sync::mpsc::UnboundedReceiver<replseed_stage::SnapshotEvent>,
     bars: bool,
 ) -> Result<(LoadReport, Arc<Manifest>)> {
-    let progress = Arc::new(Progress::default());
-    let p = progress.clone();
-    let reporter = progress::spawn("load", bars, move || progress::Tick {
-        phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
-        done: p.rows.load(Ordering::Relaxed),
-        total: p.rows_total.load(Ordering::Relaxed),
-        unit: "rows",
-    });
+    let (progress, reporter) = reporter(bars);
     let target = plan.target.addr();
     let snapshot = plan.manifest.snapshot.clone();
     let stage = plan.stage.clone();

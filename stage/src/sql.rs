@@ -182,3 +182,52 @@ impl Server {
         Ok(conn)
     }
 }
+
+/// A value as text, the way the server sent it (NULL is the empty string).
+pub fn text(v: &mysql_async::Value) -> String {
+    use mysql_async::Value;
+    match v {
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::NULL => String::new(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn short(sql: &str) -> String {
+    sql.chars().take(160).collect()
+}
+
+/// Runs a query and returns every row as values (text protocol).
+pub async fn rows(
+    conn: &mut Conn,
+    server: &Server,
+    sql: &str,
+) -> Result<Vec<Vec<mysql_async::Value>>, DbError> {
+    let r: Vec<mysql_async::Row> = conn
+        .query(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{}`", short(sql)), &e))?;
+    Ok(r.into_iter().map(|r| r.unwrap()).collect())
+}
+
+/// Runs a query and returns its first row (empty when there is none).
+pub async fn first(
+    conn: &mut Conn,
+    server: &Server,
+    sql: &str,
+) -> Result<Vec<mysql_async::Value>, DbError> {
+    let r: Option<mysql_async::Row> = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{}`", short(sql)), &e))?;
+    Ok(r.map(|r| r.unwrap()).unwrap_or_default())
+}
+
+/// Runs a statement.
+pub async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbError> {
+    conn.query_drop(sql)
+        .await
+        .map_err(|e| server.err(format!("running `{}`", short(sql)), &e))
+}
