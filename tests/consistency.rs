@@ -272,3 +272,77 @@ async fn replica_provisioned_under_writes_converges_to_the_master() {
     let st = scalar(&replica, "SELECT COUNT(*) FROM cons.w1").await;
     assert_eq!(st, scalar(&master, "SELECT COUNT(*) FROM cons.w1").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_waits_while_an_extract_runs() {
+    let master = master().await;
+    exec(
+        &master,
+        "CREATE DATABASE d; USE d; CREATE TABLE t (id INT PRIMARY KEY, pad VARCHAR(200)); \
+         INSERT INTO t SELECT seq, REPEAT('x', 200) FROM seq_1_to_600000; CREATE TABLE other (id INT PRIMARY KEY);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    let url = master.url();
+    let extract = tokio::spawn(async move {
+        replseed_ok(
+            &[
+                "extract",
+                "--source",
+                &url,
+                "--stage",
+                &stage,
+                "--snapshot",
+                "ddl",
+                "--threads",
+                "1",
+                "--chunk-rows",
+                "10000",
+                "--json",
+            ],
+            &[],
+        )
+        .await
+    });
+    // Wait until the extract is copying rows.
+    for _ in 0..500 {
+        if std::fs::read_dir(dir.path().join("ddl/data/d/t"))
+            .map(|d| d.count() >= 1)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A DDL statement issued now waits for the extract's backup lock.
+    let url = master.url();
+    let alter = tokio::spawn(async move {
+        let mut c = mysql_async::Conn::from_url(url).await.unwrap();
+        c.query_drop("ALTER TABLE d.other ADD COLUMN x INT").await
+    });
+    let mut waited = false;
+    for _ in 0..200 {
+        let state = scalar(&master, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'ALTER TABLE d.other%' AND STATE LIKE '%backup lock%'").await;
+        if state == "1" {
+            waited = true;
+            break;
+        }
+        if alter.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let j = extract.await.unwrap();
+    assert!(
+        waited,
+        "the ALTER did not wait for the extract's backup lock"
+    );
+    assert_eq!(j["snapshot"], "ddl");
+    // Once the extract is done, the DDL goes through.
+    alter.await.unwrap().unwrap();
+    let mut c = master.conn().await.unwrap();
+    c.query_drop("ALTER TABLE d.other ADD COLUMN y INT")
+        .await
+        .unwrap();
+}

@@ -266,3 +266,61 @@ async fn extract_json_summary_and_databases_filter() {
     let list = replseed_ok(&["snapshots", "list", "--stage", &stage, "--json"], &[]).await;
     assert_eq!(list["incomplete"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_extract_publishes_nothing_and_leaves_nothing() {
+    let m = master().await;
+    exec(
+        &m,
+        "CREATE DATABASE big; USE big; CREATE TABLE t (id INT PRIMARY KEY, pad VARCHAR(200)); \
+         INSERT INTO t SELECT seq, REPEAT(CHAR(65 + seq % 26), 200) FROM seq_1_to_400000;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stage = file_stage(dir.path());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
+        .args([
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "int",
+            "--chunk-rows",
+            "20000",
+            "--threads",
+            "1",
+        ])
+        .env("REPLSEED_NO_PROGRESS", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it has written some chunks, then ask it to stop (as cron's kill or Ctrl-C would).
+    let data = dir.path().join("int/data/big/t");
+    for _ in 0..500 {
+        if std::fs::read_dir(&data)
+            .map(|d| d.count() >= 2)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted; nothing was published"), "{err}");
+    assert!(
+        !dir.path().join("int").exists(),
+        "the interrupted extract left its chunks"
+    );
+    // The master's backup lock is gone: DDL runs.
+    exec(&m, "ALTER TABLE big.t ADD COLUMN extra INT").await;
+}
