@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what replseed's tests, quickstart and examples need on a fresh
-# Debian/Ubuntu machine: MariaDB (server and client). The benchmark needs
-# more (see ci/bench.sh). Safe to run again: it installs only what is missing.
+# Installs what replseed needs on a fresh Debian/Ubuntu machine: MariaDB
+# (server and client) always; with `tests`, pyarrow and DuckDB (pip); with
+# `bench`, mydumper, sysbench and mariadb-backup. Safe to run again: it
+# installs only what is missing.
 set -euo pipefail
 
 SUDO=""
@@ -24,6 +25,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# pyarrow and DuckDB, for the tests: they check that other tools read a snapshot.
+if [[ " $* " == *" tests "* ]] && ! python3 -c "import pyarrow, duckdb" >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "installing: pyarrow duckdb (pip)" >&2
+  python3 -m pip install --quiet pyarrow duckdb 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages pyarrow duckdb
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust (https://rustup.rs) and run again" >&2

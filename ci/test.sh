@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ci/install-deps.sh
+ci/install-deps.sh tests
 
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check

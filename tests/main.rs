@@ -5,6 +5,7 @@ mod common;
 mod consistency;
 mod errors;
 mod examples;
+mod interop;
 mod load;
 mod parquet;
 mod roundtrip;
