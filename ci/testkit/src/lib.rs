@@ -206,6 +206,11 @@ impl MariaDb {
              CREATE USER IF NOT EXISTS 'root'@'%';\n\
              GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n",
         )?;
+        // Our own tmpdir: at startup mariadbd deletes every `#sql*` file in its
+        // tmpdir, which would pull the temporary tables from under the other
+        // sandboxes sharing /tmp.
+        let tmpdir = dir.join("tmp");
+        std::fs::create_dir_all(&tmpdir)?;
         let mut last_err = None;
         for _attempt in 0..5 {
             let port = opts.port.unwrap_or_else(free_port);
@@ -219,6 +224,7 @@ impl MariaDb {
                 .arg(format!("--pid-file={}", dir.join("mariadbd.pid").display()))
                 .arg(format!("--log-error={}", dir.join("error.log").display()))
                 .arg(format!("--init-file={}", init.display()))
+                .arg(format!("--tmpdir={}", tmpdir.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--server-id={}", opts.server_id))
@@ -295,11 +301,23 @@ impl MariaDb {
                 }
             }
             if let Ok(mut conn) = mysql_async::Conn::from_url(self.url()).await {
-                // The init file runs before connections are accepted, but be sure.
-                let ok: Option<i64> = conn.query_first("SELECT 1").await.ok().flatten();
+                // Another test's server may have taken the port between
+                // free_port() and our bind: only our own datadir counts.
+                let datadir: Option<String> =
+                    conn.query_first("SELECT @@datadir").await.ok().flatten();
                 let _ = conn.disconnect().await;
-                if ok == Some(1) {
-                    return Ok(());
+                match datadir {
+                    Some(d)
+                        if Path::new(&d).canonicalize().ok()
+                            == self.dir.join("data").canonicalize().ok() =>
+                    {
+                        return Ok(())
+                    }
+                    Some(d) => bail!(
+                        "port {} is taken by another server (datadir {d})",
+                        self.port
+                    ),
+                    None => {}
                 }
             }
             if start.elapsed() > timeout {
