@@ -866,7 +866,7 @@ async fn run_inner(
         if published.is_none() && workers_alive() {
             feed_err = Some(LoadError::Object {
                 object: format!("snapshot {}", m.snapshot),
-                detail: "the extract stopped before publishing it, so the load stops too".into(),
+                detail: "the extract stopped before publishing it, so the load stops too; the target now holds part of this unpublished snapshot: load a published snapshot with --force to replace it".into(),
             });
         }
     }
