@@ -129,47 +129,24 @@ async fn gtid_matches_the_data_while_writers_commit() {
     let master = master().await;
     exec(&master, SCHEMA).await;
     let base = seq_of(&scalar(&master, "SELECT @@gtid_binlog_pos").await);
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
     let writers = start_writers(&master).await;
     while writers.committed.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Lock-free path, then the FTWRL path, both under writes.
-    let a = replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "lf",
-            "--threads",
-            "4",
-            "--chunk-rows",
-            "20000",
-            "--json",
-        ],
-        &[],
+    let a = extract_ok(
+        &master.url(),
+        &stage,
+        "lf",
+        &["--threads", "4", "--chunk-rows", "20000", "--json"],
     )
     .await;
-    let b = replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "fl",
-            "--threads",
-            "4",
-            "--lock-free-attempts",
-            "0",
-            "--json",
-        ],
-        &[],
+    let b = extract_ok(
+        &master.url(),
+        &stage,
+        "fl",
+        &["--threads", "4", "--lock-free-attempts", "0", "--json"],
     )
     .await;
     let done = writers.stop().await;
@@ -193,55 +170,21 @@ async fn replica_provisioned_under_writes_converges_to_the_master() {
     let master = master().await;
     exec(&master, SCHEMA).await;
     let replica = replica(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (_dir, stage) = local_stage();
     let writers = start_writers(&master).await;
     while writers.committed.load(Ordering::Relaxed) < 50 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "w",
-            "--threads",
-            "3",
-        ],
-        &[],
-    )
-    .await;
-    replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "w",
-            "--target",
-            &replica.url(),
-        ],
-        &[],
-    )
-    .await;
+    extract_ok(&master.url(), &stage, "w", &["--threads", "3"]).await;
+    load_ok(&stage, "w", &replica.url(), &[]).await;
     // Catch up while the writers still run: exit 0 means caught up with the
     // master's position at the start of the catch-up, and replicating.
     let c = replseed_ok(
         &[
-            "catchup",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "w",
-            "--source",
-            &master.url(),
-            "--target",
-            &replica.url(),
-            "--json",
-        ],
+            catchup_args(&stage, "w", &master.url(), &replica.url()),
+            vec!["--json"],
+        ]
+        .concat(),
         &[],
     )
     .await;
@@ -251,14 +194,7 @@ async fn replica_provisioned_under_writes_converges_to_the_master() {
     );
     // verify under writes pins both sides to one GTID.
     let v = replseed_ok(
-        &[
-            "verify",
-            "--source",
-            &master.url(),
-            "--target",
-            &replica.url(),
-            "--json",
-        ],
+        &[verify_args(&master.url(), &replica.url()), vec!["--json"]].concat(),
         &[],
     )
     .await;
@@ -282,26 +218,14 @@ async fn ddl_waits_while_an_extract_runs() {
          INSERT INTO t SELECT seq, REPEAT('x', 200) FROM seq_1_to_600000; CREATE TABLE other (id INT PRIMARY KEY);",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
     let url = master.url();
     let extract = tokio::spawn(async move {
-        replseed_ok(
-            &[
-                "extract",
-                "--source",
-                &url,
-                "--stage",
-                &stage,
-                "--snapshot",
-                "ddl",
-                "--threads",
-                "1",
-                "--chunk-rows",
-                "10000",
-                "--json",
-            ],
-            &[],
+        extract_ok(
+            &url,
+            &stage,
+            "ddl",
+            &["--threads", "1", "--chunk-rows", "10000", "--json"],
         )
         .await
     });

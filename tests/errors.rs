@@ -24,23 +24,11 @@ async fn source_problems_are_named() {
               CREATE USER 'noread'@'%' IDENTIFIED BY 'pw'; GRANT RELOAD, BINLOG MONITOR ON *.* TO 'noread'@'%'; \
               CREATE USER 'good'@'%' IDENTIFIED BY 'right'; GRANT SELECT, RELOAD, BINLOG MONITOR, SHOW VIEW, TRIGGER, EVENT ON *.* TO 'good'@'%';")
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
 
     // Nothing listens there.
     let port = replseed_testkit::free_port();
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &format!("mysql://root@127.0.0.1:{port}"),
-            "--stage",
-            &stage,
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&format!("mysql://root@127.0.0.1:{port}"), &stage, &[]).await;
     let line = error_line(&err);
     assert!(
         line.contains(&format!("source 127.0.0.1:{port}"))
@@ -49,16 +37,10 @@ async fn source_problems_are_named() {
     );
 
     // Wrong password.
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &format!("mysql://good:wrong@127.0.0.1:{}", m.port),
-            "--stage",
-            &stage,
-        ],
+    let err = extract_fails(
+        &format!("mysql://good:wrong@127.0.0.1:{}", m.port),
+        &stage,
         &[],
-        1,
     )
     .await;
     let line = error_line(&err);
@@ -68,31 +50,19 @@ async fn source_problems_are_named() {
     );
 
     // No RELOAD: BACKUP STAGE is refused.
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &format!("mysql://weak:pw@127.0.0.1:{}", m.port),
-            "--stage",
-            &stage,
-        ],
+    let err = extract_fails(
+        &format!("mysql://weak:pw@127.0.0.1:{}", m.port),
+        &stage,
         &[],
-        1,
     )
     .await;
     assert!(error_line(&err).contains("GRANT RELOAD ON *.*"), "{err}");
 
     // No SELECT on the data.
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &format!("mysql://noread:pw@127.0.0.1:{}", m.port),
-            "--stage",
-            &stage,
-        ],
+    let err = extract_fails(
+        &format!("mysql://noread:pw@127.0.0.1:{}", m.port),
+        &stage,
         &[],
-        1,
     )
     .await;
     let line = error_line(&err);
@@ -103,16 +73,10 @@ async fn source_problems_are_named() {
     assert_nothing_published(dir.path());
 
     // The documented minimal grants are enough.
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &format!("mysql://good:right@127.0.0.1:{}", m.port),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "ok",
-        ],
+    extract_ok(
+        &format!("mysql://good:right@127.0.0.1:{}", m.port),
+        &stage,
+        "ok",
         &[],
     )
     .await;
@@ -120,18 +84,7 @@ async fn source_problems_are_named() {
     // Statement-based binlog.
     exec(&m, "SET GLOBAL binlog_format='STATEMENT'").await;
     let dir2 = tempfile::tempdir().unwrap();
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &file_stage(dir2.path()),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), &file_stage(dir2.path()), &[]).await;
     assert!(
         error_line(&err).contains("binlog_format is STATEMENT"),
         "{err}"
@@ -140,22 +93,12 @@ async fn source_problems_are_named() {
     exec(&m, "SET GLOBAL binlog_format='ROW'").await;
 
     // A bad URL.
-    let err = replseed_fails(
-        &["extract", "--source", "postgres://x", "--stage", &stage],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails("postgres://x", &stage, &[]).await;
     assert!(
         error_line(&err).contains("mysql://user:password@host:port"),
         "{err}"
     );
-    let err = replseed_fails(
-        &["extract", "--source", &m.url(), "--stage", "ftp://x/y"],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), "ftp://x/y", &[]).await;
     assert!(error_line(&err).contains("invalid stage URL"), "{err}");
 }
 
@@ -173,18 +116,7 @@ async fn binary_log_off_is_refused() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &file_stage(dir.path()),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), &file_stage(dir.path()), &[]).await;
     let line = error_line(&err);
     assert!(
         line.contains(&format!("source 127.0.0.1:{}", m.port))

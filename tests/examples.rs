@@ -9,6 +9,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A master holding the examples' sample shop.
+async fn sample_master() -> MariaDb {
+    let m = master().await;
+    exec(
+        &m,
+        &std::fs::read_to_string(root().join("examples/sample.sql")).unwrap(),
+    )
+    .await;
+    m
+}
+
 fn bins() -> Vec<(String, String)> {
     let rs = PathBuf::from(env!("CARGO_BIN_EXE_replseed"));
     let sb = rs.with_file_name("replseed-sandbox");
@@ -89,12 +100,7 @@ async fn quickstart_runs_as_written() {
 async fn cron_nightly_and_ci_replica_jobs_against_local_s3() {
     let s3 = S3Server::start(None, 0).await.unwrap();
     s3.create_bucket("snapshots").unwrap();
-    let m = master().await;
-    exec(
-        &m,
-        &std::fs::read_to_string(root().join("examples/sample.sql")).unwrap(),
-    )
-    .await;
+    let m = sample_master().await;
     let stage = "s3://snapshots/db1".to_string();
     let mut env = bins();
     env.extend(s3.env());
@@ -144,12 +150,7 @@ async fn cron_nightly_and_ci_replica_jobs_against_local_s3() {
 async fn s3_minio_example_against_local_s3() {
     let s3 = S3Server::start(None, 0).await.unwrap();
     s3.create_bucket("snapshots").unwrap();
-    let m = master().await;
-    exec(
-        &m,
-        &std::fs::read_to_string(root().join("examples/sample.sql")).unwrap(),
-    )
-    .await;
+    let m = sample_master().await;
     let r = replica(2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = bins();

@@ -9,19 +9,7 @@ async fn pyarrow_and_duckdb_read_the_snapshot() {
     let m = master().await;
     load_fixture(&m).await;
     let dir = tempfile::tempdir().unwrap();
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &file_stage(dir.path()),
-            "--snapshot",
-            "io",
-        ],
-        &[],
-    )
-    .await;
+    extract_ok(&m.url(), &file_stage(dir.path()), "io", &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop_check.py");
     let out = tokio::process::Command::new("python3")
         .arg(script)

@@ -27,21 +27,8 @@ async fn shop_master() -> MariaDb {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_refuse_without_force_and_replace_exactly_with_force() {
     let m = shop_master().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "c1",
-        ],
-        &[],
-    )
-    .await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "c1", &[]).await;
 
     let t = replica(2).await;
     exec(
@@ -87,21 +74,7 @@ async fn conflicts_refuse_without_force_and_replace_exactly_with_force() {
         "0"
     );
 
-    let j = replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "c1",
-            "--target",
-            &t.url(),
-            "--force",
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let j = load_ok(&stage, "c1", &t.url(), &["--force", "--json"]).await;
     assert_eq!(j["replaced"].as_array().unwrap().len(), 3, "{j}");
     // The snapshot's objects are the master's now; the rest is untouched.
     let ma = fingerprint(&m, &["shop"]).await;
@@ -135,23 +108,8 @@ async fn conflicts_refuse_without_force_and_replace_exactly_with_force() {
 async fn a_load_killed_with_sigkill_resumes_to_an_identical_copy() {
     let m = shop_master().await;
     load_fixture(&m).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "k1",
-            "--chunk-rows",
-            "4000",
-        ],
-        &[],
-    )
-    .await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "k1", &["--chunk-rows", "4000"]).await;
     let t = replica(2).await;
     let args = [
         "load",
@@ -214,24 +172,9 @@ async fn a_load_killed_with_sigkill_resumes_to_an_identical_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_chunk_stops_the_load_which_then_resumes() {
     let m = shop_master().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
     let show = {
-        replseed_ok(
-            &[
-                "extract",
-                "--source",
-                &m.url(),
-                "--stage",
-                &stage,
-                "--snapshot",
-                "x1",
-                "--chunk-rows",
-                "10000",
-            ],
-            &[],
-        )
-        .await;
+        extract_ok(&m.url(), &stage, "x1", &["--chunk-rows", "10000"]).await;
         replseed_ok(
             &["snapshots", "show", "x1", "--stage", &stage, "--json"],
             &[],
@@ -275,54 +218,17 @@ async fn a_corrupt_chunk_stops_the_load_which_then_resumes() {
     let key = orders["chunks"][2].clone();
     let _ = key;
     std::fs::write(&file, &good).unwrap();
-    replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "x1",
-            "--target",
-            &t.url(),
-        ],
-        &[],
-    )
-    .await;
+    load_ok(&stage, "x1", &t.url(), &[]).await;
     assert_identical(&m, &t, &["shop"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catchup_from_purged_binlogs_fails_with_the_purge_named() {
     let m = shop_master().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "p1",
-        ],
-        &[],
-    )
-    .await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "p1", &[]).await;
     let t = replica(2).await;
-    replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "p1",
-            "--target",
-            &t.url(),
-        ],
-        &[],
-    )
-    .await;
+    load_ok(&stage, "p1", &t.url(), &[]).await;
     exec(&m, "INSERT INTO shop.customers VALUES (1000, 'late'); FLUSH BINARY LOGS; INSERT INTO shop.customers VALUES (1001, 'later'); FLUSH BINARY LOGS").await;
     // MariaDB keeps a binlog until InnoDB no longer needs it for crash recovery: retry the purge.
     let snapshot_file = scalar(&m, "SELECT 'mariadb-bin.000001'").await;
@@ -345,22 +251,7 @@ async fn catchup_from_purged_binlogs_fails_with_the_purge_named() {
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let err = replseed_fails(
-        &[
-            "catchup",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "p1",
-            "--source",
-            &m.url(),
-            "--target",
-            &t.url(),
-        ],
-        &[],
-        3,
-    )
-    .await;
+    let err = replseed_fails(&catchup_args(&stage, "p1", &m.url(), &t.url()), &[], 3).await;
     assert!(
         err.contains("were purged") && err.contains("take a newer snapshot"),
         "{err}"
@@ -381,8 +272,7 @@ async fn provision_two_targets_gives_two_identical_replicating_replicas() {
     let m = shop_master().await;
     load_fixture(&m).await;
     let (r1, r2) = (replica(2).await, replica(3).await);
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (_dir, stage) = local_stage();
     let j = replseed_ok(
         &[
             "provision",
@@ -418,14 +308,7 @@ async fn provision_two_targets_gives_two_identical_replicating_replicas() {
         );
         assert_identical(&m, r, &["shop", "fx", "we`ird db;"]).await;
         let v = replseed_ok(
-            &[
-                "verify",
-                "--source",
-                &m.url(),
-                "--target",
-                &r.url(),
-                "--json",
-            ],
+            &[verify_args(&m.url(), &r.url()), vec!["--json"]].concat(),
             &[],
         )
         .await;
@@ -435,17 +318,10 @@ async fn provision_two_targets_gives_two_identical_replicating_replicas() {
     let snap = j["snapshot"].as_str().unwrap();
     let c = replseed_ok(
         &[
-            "catchup",
-            "--stage",
-            &stage,
-            "--snapshot",
-            snap,
-            "--source",
-            &m.url(),
-            "--target",
-            &r1.url(),
-            "--json",
-        ],
+            catchup_args(&stage, snap, &m.url(), &r1.url()),
+            vec!["--json"],
+        ]
+        .concat(),
         &[],
     )
     .await;
@@ -483,8 +359,7 @@ async fn provision_two_targets_gives_two_identical_replicating_replicas() {
 async fn verify_reports_differences() {
     let m = shop_master().await;
     let t = replica(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (_dir, stage) = local_stage();
     replseed_ok(
         &[
             "provision",
@@ -500,12 +375,7 @@ async fn verify_reports_differences() {
     .await;
     // Drift the replica behind replication's back.
     exec(&t, "SET SESSION sql_log_bin=0; UPDATE shop.customers SET name='drift' WHERE id=3; DROP VIEW shop.big_orders; CREATE TABLE shop.stray (id INT)").await;
-    let err = replseed_fails(
-        &["verify", "--source", &m.url(), "--target", &t.url()],
-        &[],
-        4,
-    )
-    .await;
+    let err = replseed_fails(&verify_args(&m.url(), &t.url()), &[], 4).await;
     for needle in [
         "table `shop`.`customers`: same row count (500) but the contents differ",
         "view `shop`.`big_orders` is missing",
@@ -519,34 +389,9 @@ async fn verify_reports_differences() {
 async fn catchup_reports_a_broken_replication_with_the_replicas_error() {
     let m = shop_master().await;
     let t = replica(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "b1",
-        ],
-        &[],
-    )
-    .await;
-    replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "b1",
-            "--target",
-            &t.url(),
-        ],
-        &[],
-    )
-    .await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "b1", &[]).await;
+    load_ok(&stage, "b1", &t.url(), &[]).await;
     // The replica lost a row behind replication's back; the master then updates it.
     exec(
         &t,
@@ -558,22 +403,7 @@ async fn catchup_reports_a_broken_replication_with_the_replicas_error() {
         "UPDATE shop.customers SET name = 'renamed' WHERE id = 7",
     )
     .await;
-    let err = replseed_fails(
-        &[
-            "catchup",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "b1",
-            "--source",
-            &m.url(),
-            "--target",
-            &t.url(),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = replseed_fails(&catchup_args(&stage, "b1", &m.url(), &t.url()), &[], 1).await;
     assert!(
         err.contains("replication stopped: SQL thread error 1032"),
         "{err}"

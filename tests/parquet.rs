@@ -163,21 +163,11 @@ async fn staged_parquet_equals_the_source() {
     let master = master().await;
     load_fixture(&master).await;
     let dir = tempfile::tempdir().unwrap();
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &file_stage(dir.path()),
-            "--snapshot",
-            "pq",
-            "--chunk-rows",
-            "4000",
-            "--threads",
-            "2",
-        ],
-        &[],
+    extract_ok(
+        &master.url(),
+        &file_stage(dir.path()),
+        "pq",
+        &["--chunk-rows", "4000", "--threads", "2"],
     )
     .await;
     let m: Manifest =
@@ -227,19 +217,7 @@ async fn parquet_columns_use_natural_types_with_the_mariadb_type_in_metadata() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &file_stage(dir.path()),
-            "--snapshot",
-            "n",
-        ],
-        &[],
-    )
-    .await;
+    extract_ok(&master.url(), &file_stage(dir.path()), "n", &[]).await;
     let m: Manifest =
         serde_json::from_slice(&std::fs::read(dir.path().join("n/manifest.json")).unwrap())
             .unwrap();

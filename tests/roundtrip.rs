@@ -7,41 +7,15 @@ async fn all_types_round_trip_through_a_file_stage() {
     let master = master().await;
     load_fixture(&master).await;
     let replica = replica(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
-    let ex = replseed_ok(
-        &[
-            "extract",
-            "--source",
-            &master.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "fx1",
-            "--threads",
-            "3",
-            "--chunk-rows",
-            "5000",
-            "--json",
-        ],
-        &[],
+    let (_dir, stage) = local_stage();
+    let ex = extract_ok(
+        &master.url(),
+        &stage,
+        "fx1",
+        &["--threads", "3", "--chunk-rows", "5000", "--json"],
     )
     .await;
     assert_eq!(ex["snapshot"], "fx1");
-    replseed_ok(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "fx1",
-            "--target",
-            &replica.url(),
-            "--threads",
-            "3",
-        ],
-        &[],
-    )
-    .await;
+    load_ok(&stage, "fx1", &replica.url(), &["--threads", "3"]).await;
     assert_identical(&master, &replica, FIXTURE_DBS).await;
 }

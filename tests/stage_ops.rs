@@ -18,24 +18,9 @@ async fn small_master() -> MariaDb {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_show_verify_delete_and_prune() {
     let m = small_master().await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
     for id in ["a1", "a2", "a3"] {
-        replseed_ok(
-            &[
-                "extract",
-                "--source",
-                &m.url(),
-                "--stage",
-                &stage,
-                "--snapshot",
-                id,
-                "--chunk-rows",
-                "1000",
-            ],
-            &[],
-        )
-        .await;
+        extract_ok(&m.url(), &stage, id, &["--chunk-rows", "1000"]).await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // distinct finished_at
     }
     // A prefix without a manifest: what a failed extract would leave.
@@ -97,53 +82,14 @@ async fn list_show_verify_delete_and_prune() {
     assert!(err.contains(&victim) && err.contains("missing"), "{err}");
 
     // Published ids are immutable.
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "a2",
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), &stage, &["--snapshot", "a2"]).await;
     assert!(err.contains("snapshot `a2` already exists"), "{err}");
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "a0",
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), &stage, &["--snapshot", "a0"]).await;
     assert!(
         err.contains("snapshot `a0`") && err.contains("incomplete"),
         "{err}"
     );
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "../x",
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = extract_fails(&m.url(), &stage, &["--snapshot", "../x"]).await;
     assert!(err.contains("invalid snapshot id"), "{err}");
 
     // prune keeps the newest two and removes older leftovers.
@@ -184,8 +130,7 @@ async fn list_show_verify_delete_and_prune() {
 async fn extract_json_summary_and_databases_filter() {
     let m = small_master().await;
     exec(&m, "CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY); INSERT INTO other.t VALUES (1)").await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (_dir, stage) = local_stage();
     let j = replseed_ok(
         &[
             "extract",
@@ -245,20 +190,10 @@ async fn extract_json_summary_and_databases_filter() {
     assert_eq!(j["snapshot"], "from-env");
     assert_eq!(j["tables"], 1);
 
-    let err = replseed_fails(
-        &[
-            "extract",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--snapshot",
-            "n",
-            "--databases",
-            "nope",
-        ],
-        &[],
-        1,
+    let err = extract_fails(
+        &m.url(),
+        &stage,
+        &["--snapshot", "n", "--databases", "nope"],
     )
     .await;
     assert!(err.contains("database `nope` does not exist"), "{err}");
@@ -276,8 +211,7 @@ async fn an_interrupted_extract_publishes_nothing_and_leaves_nothing() {
          INSERT INTO t SELECT seq, REPEAT(CHAR(65 + seq % 26), 200) FROM seq_1_to_400000;",
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let stage = file_stage(dir.path());
+    let (dir, stage) = local_stage();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
         .args([
             "extract",

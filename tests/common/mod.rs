@@ -242,3 +242,81 @@ pub async fn master() -> MariaDb {
 pub fn file_stage(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
+
+/// `replseed extract --source SOURCE --stage STAGE --snapshot ID EXTRA...`, asserting success.
+pub async fn extract_ok(source: &str, stage: &str, id: &str, extra: &[&str]) -> serde_json::Value {
+    let args = [
+        &[
+            "extract",
+            "--source",
+            source,
+            "--stage",
+            stage,
+            "--snapshot",
+            id,
+        ][..],
+        extra,
+    ]
+    .concat();
+    replseed_ok(&args, &[]).await
+}
+
+/// `replseed load --stage STAGE --snapshot ID --target TARGET EXTRA...`, asserting success.
+pub async fn load_ok(stage: &str, id: &str, target: &str, extra: &[&str]) -> serde_json::Value {
+    let args = [
+        &[
+            "load",
+            "--stage",
+            stage,
+            "--snapshot",
+            id,
+            "--target",
+            target,
+        ][..],
+        extra,
+    ]
+    .concat();
+    replseed_ok(&args, &[]).await
+}
+
+/// A local stage in a fresh temporary directory (kept while the guard lives).
+pub fn local_stage() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = file_stage(dir.path());
+    (dir, url)
+}
+
+/// `replseed extract --source SOURCE --stage STAGE EXTRA...`, asserting it fails with exit 1; returns stderr.
+pub async fn extract_fails(source: &str, stage: &str, extra: &[&str]) -> String {
+    let args = [
+        &["extract", "--source", source, "--stage", stage][..],
+        extra,
+    ]
+    .concat();
+    replseed_fails(&args, &[], 1).await
+}
+
+/// Arguments of `replseed catchup` for a snapshot, a master and a replica.
+pub fn catchup_args<'a>(
+    stage: &'a str,
+    id: &'a str,
+    source: &'a str,
+    target: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "catchup",
+        "--stage",
+        stage,
+        "--snapshot",
+        id,
+        "--source",
+        source,
+        "--target",
+        target,
+    ]
+}
+
+/// Arguments of `replseed verify` for a master and a replica.
+pub fn verify_args<'a>(source: &'a str, target: &'a str) -> Vec<&'a str> {
+    vec!["verify", "--source", source, "--target", target]
+}
