@@ -10,7 +10,7 @@ use mysql_async::{Conn, Row, Value};
 use replseed_stage::layout::chunk_path;
 use replseed_stage::manifest::{Chunk, KeyRange};
 use replseed_stage::sql::{qualified, quote_ident, DbError, Server};
-use replseed_stage::types::{BatchBuilder, ColumnKind};
+use replseed_stage::types::{BatchBuilder, ColumnKind, TextEncoder};
 use replseed_stage::{ChunkProps, ChunkWriter, Stage};
 use tracing::debug;
 
@@ -181,28 +181,36 @@ pub async fn run_worker(
     Ok(out)
 }
 
-fn key_text(v: &Value) -> Option<String> {
-    match v {
-        Value::NULL => None,
-        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::UInt(u) => Some(u.to_string()),
-        Value::Float(f) => Some(f.to_string()),
-        Value::Double(f) => Some(f.to_string()),
-        Value::Date(..) => Some(
-            String::from_utf8_lossy(&replseed_stage::types::datetime_text(v, true)).into_owned(),
-        ),
-        Value::Time(neg, d, h, m, s, us) => Some(format!(
-            "{}{}:{m:02}:{s:02}.{us:06}",
-            if *neg { "-" } else { "" },
-            *d as u64 * 24 + *h as u64
-        )),
-    }
-}
-
 struct Open {
     writer: ChunkWriter,
-    first: Vec<Option<String>>,
+    /// Key of the first and of the last row written so far.
+    first: Option<Vec<Option<String>>>,
+    last: Vec<Option<String>>,
+}
+
+/// Writes a batch to the open chunk and notes its key range, read back from
+/// the batch itself (no per-row copies of the key).
+async fn write_batch(
+    ctx: &Ctx,
+    o: &mut Open,
+    keys: Option<&TextEncoder>,
+    builder: &mut BatchBuilder,
+) -> Result<(), ExtractError> {
+    let batch = builder.finish();
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(());
+    }
+    if let Some(k) = keys {
+        let key = |row| (0..k.len()).map(|c| k.value_text(&batch, c, row)).collect();
+        if o.first.is_none() {
+            o.first = Some(key(0));
+        }
+        o.last = key(n - 1);
+    }
+    o.writer.write(&batch).await?;
+    ctx.progress.rows.fetch_add(n as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, ExtractError> {
@@ -236,12 +244,6 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
         let order: Vec<String> = t.primary_key.iter().map(|c| quote_ident(c)).collect();
         sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
     }
-    // Positions of the key columns among the selected ones.
-    let key_pos: Vec<usize> = t
-        .primary_key
-        .iter()
-        .filter_map(|k| t.columns.iter().position(|c| &c.name == k))
-        .collect();
     debug!(table = %full, job = job.job, %sql, "job start");
 
     let server = &ctx.server;
@@ -251,11 +253,20 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
         .map_err(|e| server.err(format!("reading {full}"), &e))?;
     let mut builder = BatchBuilder::new(&t.columns);
     let schema = builder.schema();
+    // The key columns, rendered as the loader would write them.
+    let key_cols: Vec<_> = t
+        .primary_key
+        .iter()
+        .filter_map(|k| t.columns.iter().find(|c| &c.name == k).cloned())
+        .collect();
+    let keys = if key_cols.is_empty() {
+        None
+    } else {
+        Some(TextEncoder::new(&key_cols, &schema).expect("key columns are in the schema"))
+    };
     let mut chunks = Vec::new();
     let mut open: Option<Open> = None;
-    let mut last_key: Vec<Value> = Vec::new();
     let mut part = 0u32;
-    let mut pending_rows = 0u64;
 
     loop {
         let row = result
@@ -269,56 +280,39 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
             let writer = ctx.stage.chunk_writer(&rel, schema.clone(), &ctx.props)?;
             open = Some(Open {
                 writer,
-                first: key_pos.iter().map(|&i| key_text(&values[i])).collect(),
+                first: None,
+                last: Vec::new(),
             });
-        }
-        if !key_pos.is_empty() {
-            last_key.clear();
-            last_key.extend(key_pos.iter().map(|&i| values[i].clone()));
         }
         builder.push_row(values).map_err(|e| ExtractError::Value {
             table: full.clone(),
             chunk: chunk_path(&ctx.snapshot, &tp.db, &t.name, job.job, part),
             detail: e.to_string(),
         })?;
-        pending_rows += 1;
         if builder.len() >= BATCH_ROWS || builder.byte_size() >= BATCH_BYTES {
             let o = open.as_mut().expect("open chunk");
-            let batch = builder.finish();
-            o.writer.write(&batch).await?;
-            ctx.progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
-            pending_rows = 0;
+            write_batch(ctx, o, keys.as_ref(), &mut builder).await?;
             if o.writer.rows() >= ctx.chunk_rows || o.writer.bytes() >= ctx.chunk_bytes {
                 let o = open.take().expect("open chunk");
-                chunks.push(close(ctx, tp, o, &last_key).await?);
+                chunks.push(close(ctx, tp, o).await?);
                 part += 1;
             }
         }
     }
     drop(result);
-    if !builder.is_empty() {
-        let o = open.as_mut().expect("open chunk");
-        let batch = builder.finish();
-        o.writer.write(&batch).await?;
-        ctx.progress.rows.fetch_add(pending_rows, Ordering::Relaxed);
-    }
-    if let Some(o) = open.take() {
-        chunks.push(close(ctx, tp, o, &last_key).await?);
+    if let Some(mut o) = open.take() {
+        write_batch(ctx, &mut o, keys.as_ref(), &mut builder).await?;
+        chunks.push(close(ctx, tp, o).await?);
     }
     Ok(chunks)
 }
 
-async fn close(
-    ctx: &Ctx,
-    tp: &TablePlan,
-    o: Open,
-    last_key: &[Value],
-) -> Result<Chunk, ExtractError> {
+async fn close(ctx: &Ctx, tp: &TablePlan, o: Open) -> Result<Chunk, ExtractError> {
     let mut chunk = o.writer.finish().await?;
-    if !o.first.is_empty() {
+    if let Some(first) = o.first {
         chunk.key_range = Some(KeyRange {
-            first: o.first,
-            last: last_key.iter().map(key_text).collect(),
+            first,
+            last: o.last,
         });
     }
     if let Some(ev) = &ctx.events {

@@ -234,6 +234,17 @@ impl ColumnKind {
         }
     }
 
+    /// Whether the loader must read this kind's text through a conversion:
+    /// under `LOAD DATA ... CHARACTER SET binary`, INET4, INET6 and UUID take
+    /// the field as their binary form, so the text is converted to a
+    /// character string first (`SET col = CONVERT(@v USING utf8mb4)`).
+    pub fn loads_through_text(&self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid
+        )
+    }
+
     /// Whether values of this kind may need the raw sidecar column.
     pub fn has_raw_sidecar(&self) -> bool {
         matches!(
@@ -926,6 +937,16 @@ impl TextEncoder {
             });
         }
         Ok(TextEncoder { plans })
+    }
+
+    /// Number of columns encoded.
+    pub fn len(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Whether no column is encoded.
+    pub fn is_empty(&self) -> bool {
+        self.plans.is_empty()
     }
 
     /// Appends rows `[from, to)` of `batch` to `out`, one line per row.
