@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use replseed_stage::manifest::Manifest;
-use replseed_stage::sql::{first, quote_str, text, DbError, Server};
+use replseed_stage::sql::{exec, first, quote_str, text, DbError, Server};
 use tracing::info;
 
 /// Everything that can stop a catch-up.
@@ -140,23 +140,6 @@ pub struct CatchupReport {
     pub caught_up: bool,
     /// Seconds.
     pub elapsed_s: f64,
-}
-
-async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbError> {
-    conn.query_drop(sql)
-        .await
-        .map_err(|e| server.err(format!("running `{}`", hide_password(sql)), &e))
-}
-
-fn hide_password(sql: &str) -> String {
-    match sql.find("MASTER_PASSWORD=") {
-        Some(i) => {
-            let rest = &sql[i + 16..];
-            let end = rest.find(", ").map(|e| i + 16 + e).unwrap_or(sql.len());
-            format!("{}MASTER_PASSWORD='***'{}", &sql[..i], &sql[end..])
-        }
-        None => sql.to_string(),
-    }
 }
 
 /// `SHOW SLAVE STATUS` as a map (empty when no replication is configured).
@@ -444,17 +427,4 @@ async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), Catchup
     exec(replica, tgt, "START SLAVE").await?;
     info!(target = %tgt.addr(), gtid = %m.position.gtid, master = %format!("{}:{}", plan.master_host, plan.master_port), "replication started");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(
-            super::hide_password(
-                "CHANGE MASTER TO MASTER_PASSWORD='s3cret', MASTER_USE_GTID=slave_pos"
-            ),
-            "CHANGE MASTER TO MASTER_PASSWORD='***', MASTER_USE_GTID=slave_pos"
-        );
-    }
 }

@@ -64,14 +64,6 @@ pub struct VerifyReport {
     pub elapsed_s: f64,
 }
 
-const SYSTEM: &[&str] = &[
-    "mysql",
-    "information_schema",
-    "performance_schema",
-    "sys",
-    "replseed",
-];
-
 const SESSION: &[&str] = &[
     "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     "SET SESSION time_zone='+00:00'",
@@ -322,7 +314,7 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         .await?
         .iter()
         .map(|r| text(&r[0]))
-        .filter(|d| !SYSTEM.contains(&d.as_str()))
+        .filter(|d| !replseed_stage::SYSTEM_SCHEMAS.contains(&d.as_str()))
         .collect(),
     };
 

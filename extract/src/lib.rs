@@ -40,8 +40,6 @@ use replseed_stage::sql::{first, text, DbError, Server};
 use replseed_stage::{ChunkProps, SnapshotState, Stage, StageError};
 use tracing::{info, warn};
 
-pub use schema::SYSTEM_SCHEMAS;
-
 /// Everything that can stop an extract. Messages name the server, table or
 /// object and say what to do.
 #[derive(Debug, thiserror::Error)]

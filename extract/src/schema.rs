@@ -9,14 +9,7 @@ use replseed_stage::types::{assign_raw_columns, ColumnKind, ColumnSpec};
 
 use crate::ExtractError;
 
-/// Schemas never copied.
-pub const SYSTEM_SCHEMAS: &[&str] = &[
-    "mysql",
-    "information_schema",
-    "performance_schema",
-    "sys",
-    "replseed",
-];
+use replseed_stage::SYSTEM_SCHEMAS;
 
 /// A table to copy, with planning facts that do not go in the manifest.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use replseed_stage::manifest::{Chunk, Table};
 use replseed_stage::sql::{qualified, quote_ident, quote_str, Server};
-use replseed_stage::types::{ColumnKind, TextEncoder};
+use replseed_stage::types::TextEncoder;
 
 use crate::LoadError;
 
@@ -23,17 +23,14 @@ pub fn load_statement(db: &str, t: &Table) -> String {
     let mut cols = Vec::with_capacity(t.columns.len());
     let mut sets = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
-        match c.kind {
-            // Under CHARACTER SET binary these types would read the text as
-            // their binary form; read it as text instead.
-            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid => {
-                cols.push(format!("@c{i}"));
-                sets.push(format!(
-                    "{} = CONVERT(@c{i} USING utf8mb4)",
-                    quote_ident(&c.name)
-                ));
-            }
-            _ => cols.push(quote_ident(&c.name)),
+        if c.kind.loads_through_text() {
+            cols.push(format!("@c{i}"));
+            sets.push(format!(
+                "{} = CONVERT(@c{i} USING utf8mb4)",
+                quote_ident(&c.name)
+            ));
+        } else {
+            cols.push(quote_ident(&c.name));
         }
     }
     let mut sql = format!(

@@ -317,9 +317,33 @@ fn drop_statement(key: &ObjKey, found_kind: &str) -> Option<String> {
     })
 }
 
+/// An object of the snapshot that already exists on the target.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    key: ObjKey,
+    /// What the snapshot has (`table`, `view`, ...).
+    kind: String,
+    /// What the target has under that name.
+    found: String,
+}
+
+impl Conflict {
+    /// One line naming the object, for the refusal message.
+    pub fn describe(&self) -> String {
+        let (kind, found, key) = (&self.kind, &self.found, &self.key);
+        if key.kind == "database" {
+            format!("database `{}`", key.db)
+        } else if found == kind {
+            format!("{kind} `{}`.`{}`", key.db, key.name)
+        } else {
+            format!("{kind} `{}`.`{}` (exists as a {found})", key.db, key.name)
+        }
+    }
+}
+
 /// Checks the target without changing it. Returns the conflicting objects
 /// (not counting those this snapshot's earlier, interrupted load created).
-pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Vec<String>, LoadError> {
+pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Vec<Conflict>, LoadError> {
     let server = &plan.target;
     let m = &plan.manifest;
     let r = rows(
@@ -376,17 +400,13 @@ pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Vec<String>, 
     let mut conflicts = Vec::new();
     for (key, kind) in snapshot_objects(m) {
         if let Some(found) = existing.get(&key) {
-            if ours.contains_key(&key) {
-                continue;
+            if !ours.contains_key(&key) {
+                conflicts.push(Conflict {
+                    found: found.clone(),
+                    key,
+                    kind,
+                });
             }
-            let name = if key.kind == "database" {
-                format!("database `{}`", key.db)
-            } else if found == &kind {
-                format!("{kind} `{}`.`{}`", key.db, key.name)
-            } else {
-                format!("{kind} `{}`.`{}` (exists as a {found})", key.db, key.name)
-            };
-            conflicts.push(name);
         }
     }
     Ok(conflicts)
@@ -569,7 +589,7 @@ async fn run_inner(
         return Err(LoadError::Conflicts {
             server: server.name(),
             snapshot: m.snapshot.clone(),
-            conflicts,
+            conflicts: conflicts.iter().map(Conflict::describe).collect(),
         });
     }
     for s in BOOKKEEPING {
@@ -626,33 +646,26 @@ async fn run_inner(
     let mut replaced = Vec::new();
     if !conflicts.is_empty() {
         progress.set_phase("replacing conflicting objects");
-        let existing = existing_objects(&mut conn, server, &m).await?;
-        let ours_before = ours(&mut conn, server, &m.snapshot).await?;
-        for (key, _) in snapshot_objects(&m) {
-            if ours_before.contains_key(&key) {
-                continue;
-            }
-            if let Some(found) = existing.get(&key) {
-                match drop_statement(&key, found) {
-                    Some(sql) => {
-                        warn!(target = %server.addr(), "--force: {sql}");
-                        exec(&mut conn, server, &sql).await?;
-                        replaced.push(format!("{found} {}.{}", key.db, key.name));
-                    }
-                    None => {
-                        // An existing database is kept (other objects in it are not ours);
-                        // its defaults are set to the snapshot's.
-                        let d = m.databases.iter().find(|d| d.name == key.db).expect("db");
-                        let sql = format!(
-                            "ALTER DATABASE {} CHARACTER SET {} COLLATE {}",
-                            quote_ident(&d.name),
-                            d.charset,
-                            d.collation
-                        );
-                        exec(&mut conn, server, &sql).await?;
-                        set_state(&mut conn, server, &m.snapshot, &key, "adopted").await?;
-                        replaced.push(format!("database {} (kept, defaults set)", key.db));
-                    }
+        for Conflict { key, found, .. } in &conflicts {
+            match drop_statement(key, found) {
+                Some(sql) => {
+                    warn!(target = %server.addr(), "--force: {sql}");
+                    exec(&mut conn, server, &sql).await?;
+                    replaced.push(format!("{found} {}.{}", key.db, key.name));
+                }
+                None => {
+                    // An existing database is kept (other objects in it are not ours);
+                    // its defaults are set to the snapshot's.
+                    let d = m.databases.iter().find(|d| d.name == key.db).expect("db");
+                    let sql = format!(
+                        "ALTER DATABASE {} CHARACTER SET {} COLLATE {}",
+                        quote_ident(&d.name),
+                        d.charset,
+                        d.collation
+                    );
+                    exec(&mut conn, server, &sql).await?;
+                    set_state(&mut conn, server, &m.snapshot, key, "adopted").await?;
+                    replaced.push(format!("database {} (kept, defaults set)", key.db));
                 }
             }
         }
@@ -791,7 +804,6 @@ async fn run_inner(
     progress.set_phase("loading chunks");
     let work = Arc::new(Mutex::new(work));
     let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
-    let loaded = Arc::new(AtomicU64::new(0));
     let threads = plan.threads.max(1);
     let mut handles = Vec::new();
     for _ in 0..threads {
@@ -802,7 +814,6 @@ async fn run_inner(
             work.clone(),
             queue.clone(),
             progress.clone(),
-            loaded.clone(),
         )));
     }
     // Following an extract: turn its events into work until it publishes.
@@ -937,7 +948,7 @@ async fn run_inner(
         target: server.addr(),
         tables: m.totals.tables,
         rows: m.totals.rows,
-        chunks_loaded: loaded.load(Ordering::Relaxed),
+        chunks_loaded: progress.chunks.load(Ordering::Relaxed),
         chunks_resumed: resumed,
         replaced,
         already_loaded: false,
@@ -1068,7 +1079,6 @@ async fn load_worker(
     work: Arc<Mutex<Vec<TableWork>>>,
     queue: Queue,
     progress: Arc<Progress>,
-    loaded: Arc<AtomicU64>,
 ) -> Result<(), LoadError> {
     let server = &plan.target;
     loop {
@@ -1098,7 +1108,6 @@ async fn load_worker(
                 debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
                 progress.rows.fetch_add(n, Ordering::Relaxed);
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
-                loaded.fetch_add(1, Ordering::Relaxed);
                 let finish = {
                     let mut w = work.lock().expect("work");
                     w[ti].loaded += 1;

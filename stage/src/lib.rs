@@ -23,6 +23,16 @@ pub use error::StageError;
 pub use manifest::Manifest;
 pub use store::{ChunkProps, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport};
 
+/// Schemas a snapshot never contains: the server's own, and replseed's
+/// bookkeeping on load targets.
+pub const SYSTEM_SCHEMAS: &[&str] = &[
+    "mysql",
+    "information_schema",
+    "performance_schema",
+    "sys",
+    "replseed",
+];
+
 /// The current time as RFC 3339 UTC with seconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()

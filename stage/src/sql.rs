@@ -195,8 +195,47 @@ pub fn text(v: &mysql_async::Value) -> String {
     }
 }
 
+/// SQL as it may appear in a message: passwords masked, long text cut.
 fn short(sql: &str) -> String {
-    sql.chars().take(160).collect()
+    mask_passwords(sql).chars().take(160).collect()
+}
+
+/// Replaces the string literal after every `PASSWORD=` (as in
+/// `CHANGE MASTER TO MASTER_PASSWORD='...'`) or `IDENTIFIED BY` with `'***'`.
+pub fn mask_passwords(sql: &str) -> String {
+    let upper = sql.to_ascii_uppercase();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while i < sql.len() {
+        let next = ["PASSWORD=", "PASSWORD =", "IDENTIFIED BY "]
+            .iter()
+            .filter_map(|k| upper[i..].find(k).map(|p| i + p + k.len()))
+            .min();
+        let Some(start) = next else { break };
+        let lit = sql[start..].trim_start();
+        let lit_at = sql.len() - lit.len();
+        if !lit.starts_with('\'') {
+            out.push_str(&sql[i..lit_at]);
+            i = lit_at;
+            continue;
+        }
+        // End of the literal: a quote not doubled and not escaped.
+        let bytes = lit.as_bytes();
+        let mut j = 1;
+        while j < bytes.len() {
+            match bytes[j] {
+                b'\\' => j += 2,
+                b'\'' if bytes.get(j + 1) == Some(&b'\'') => j += 2,
+                b'\'' => break,
+                _ => j += 1,
+            }
+        }
+        out.push_str(&sql[i..lit_at]);
+        out.push_str("'***'");
+        i = (lit_at + j + 1).min(sql.len());
+    }
+    out.push_str(&sql[i.min(sql.len())..]);
+    out
 }
 
 /// Runs a query and returns every row as values (text protocol).
@@ -230,4 +269,25 @@ pub async fn exec(conn: &mut Conn, server: &Server, sql: &str) -> Result<(), DbE
     conn.query_drop(sql)
         .await
         .map_err(|e| server.err(format!("running `{}`", short(sql)), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_messages() {
+        assert_eq!(
+            mask_passwords(
+                "CHANGE MASTER TO MASTER_PASSWORD='s3, c''r\\'et', MASTER_USE_GTID=slave_pos"
+            ),
+            "CHANGE MASTER TO MASTER_PASSWORD='***', MASTER_USE_GTID=slave_pos"
+        );
+        assert_eq!(
+            mask_passwords("CREATE USER u IDENTIFIED BY 'x'"),
+            "CREATE USER u IDENTIFIED BY '***'"
+        );
+        assert_eq!(mask_passwords("SELECT 1"), "SELECT 1");
+        assert_eq!(quote_str("it's"), "'it''s'");
+    }
 }
