@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -744,24 +743,4 @@ impl AsyncWrite for HashingWriter {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Bytes of a small object (used by tests and tools).
-pub async fn get_bytes(stage: &Stage, rel: &str) -> Result<Bytes, StageError> {
-    let r = stage
-        .store
-        .get(&stage.object_path(rel))
-        .await
-        .map_err(|e| stage.store_err(rel, e))?;
-    r.bytes().await.map_err(|e| stage.store_err(rel, e))
-}
-
-/// Overwrites an object (for tests that corrupt chunks).
-pub async fn put_bytes(stage: &Stage, rel: &str, data: Bytes) -> Result<(), StageError> {
-    stage
-        .store
-        .put(&stage.object_path(rel), PutPayload::from(data))
-        .await
-        .map_err(|e| stage.store_err(rel, e))?;
-    Ok(())
 }

@@ -336,11 +336,6 @@ impl MariaDb {
         format!("mysql://root@127.0.0.1:{}", self.port)
     }
 
-    /// URL with a database.
-    pub fn url_db(&self, db: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{}", self.port, db)
-    }
-
     /// A new connection as root.
     pub async fn conn(&self) -> Result<mysql_async::Conn> {
         Ok(mysql_async::Conn::from_url(self.url()).await?)
@@ -354,11 +349,6 @@ impl MariaDb {
             .with_context(|| format!("running SQL on port {}", self.port))?;
         c.disconnect().await?;
         Ok(())
-    }
-
-    /// Process id of the server.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
     }
 
     /// Kills the server at once (SIGKILL).
