@@ -410,3 +410,53 @@ async fn catchup_reports_a_broken_replication_with_the_replicas_error() {
     );
     assert!(err.contains("fix the cause on the replica"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_user_without_the_needed_privileges_is_refused_before_any_change() {
+    let m = shop_master().await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "v1", &[]).await;
+    let t = replica(2).await;
+    exec(
+        &t,
+        "CREATE USER 'loader'@'%' IDENTIFIED BY 'pw'; GRANT ALL ON shop.* TO 'loader'@'%'",
+    )
+    .await;
+    let url = format!("mysql://loader:pw@127.0.0.1:{}", t.port);
+    let err = replseed_fails(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "v1",
+            "--target",
+            &url,
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(
+        err.contains("sql_log_bin=0") && err.contains("SUPER or BINLOG ADMIN"),
+        "{err}"
+    );
+    assert_eq!(scalar(&t, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ('shop','replseed')").await, "0");
+    // local_infile off is named too.
+    exec(&t, "SET GLOBAL local_infile=0").await;
+    let err = replseed_fails(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "v1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(err.contains("local_infile is OFF"), "{err}");
+}
