@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
+use replseed_db::{exec, first, quote_str, text, DbError, Server};
 use replseed_stage::manifest::Manifest;
-use replseed_stage::sql::{exec, first, quote_str, text, DbError, Server};
+use secrecy::ExposeSecret;
 use tracing::info;
 
 /// Everything that can stop a catch-up.
@@ -103,7 +104,7 @@ pub struct CatchupPlan {
     /// Replication user on the master.
     pub replication_user: String,
     /// Its password.
-    pub replication_password: String,
+    pub replication_password: secrecy::SecretString,
     /// Master host as the replica reaches it.
     pub master_host: String,
     /// Master port as the replica reaches it.
@@ -188,11 +189,8 @@ pub async fn check_binlogs(
     let g = first(
         conn,
         server,
-        &format!(
-            "SELECT BINLOG_GTID_POS({}, {})",
-            quote_str(&m.position.binlog_file),
-            m.position.binlog_pos
-        ),
+        "SELECT BINLOG_GTID_POS(?, ?)",
+        (&m.position.binlog_file, m.position.binlog_pos),
     )
     .await?;
     let at = g.first().map(text);
@@ -228,10 +226,16 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     set_state(progress, "checking the master's binlogs");
     let mut master = src.connect(&[]).await?;
     check_binlogs(&mut master, src, m).await?;
-    let master_id = text(&first(&mut master, src, "SELECT @@server_id").await?[0]);
+    let master_id = text(&first(&mut master, src, "SELECT @@server_id", ()).await?[0]);
 
     let mut replica = tgt.connect(&["SET SESSION sql_log_bin=0"]).await?;
-    let r = first(&mut replica, tgt, "SELECT @@server_id, @@gtid_slave_pos").await?;
+    let r = first(
+        &mut replica,
+        tgt,
+        "SELECT @@server_id, @@gtid_slave_pos",
+        (),
+    )
+    .await?;
     if text(&r[0]) == master_id {
         return Err(CatchupError::Setup {
             server: tgt.name(),
@@ -241,10 +245,10 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         });
     }
     let loaded: Vec<Row> = replica
-        .query(format!(
-            "SELECT status FROM replseed.load_runs WHERE snapshot={}",
-            quote_str(&m.snapshot)
-        ))
+        .exec(
+            "SELECT status FROM replseed.load_runs WHERE snapshot=?",
+            (&m.snapshot,),
+        )
         .await
         .unwrap_or_default();
     let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
@@ -265,7 +269,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
                     .map(|s| s == "No")
                     .unwrap_or(true)
             {
-                exec(&mut replica, tgt, "START SLAVE").await?;
+                exec(&mut replica, tgt, "START SLAVE", ()).await?;
             }
             false
         }
@@ -286,7 +290,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     };
 
     // The goal: where the master is now.
-    let goal = text(&first(&mut master, src, "SELECT @@GLOBAL.gtid_binlog_pos").await?[0]);
+    let goal = text(&first(&mut master, src, "SELECT @@GLOBAL.gtid_binlog_pos", ()).await?[0]);
     let _ = master.disconnect().await;
     info!(target = %tgt.addr(), %goal, "waiting for the replica to catch up");
     let mut io_down_since: Option<Instant> = None;
@@ -294,7 +298,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         if let Some(t) = plan.timeout {
             if started.elapsed() > t {
                 let at =
-                    text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos").await?[0]);
+                    text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0]);
                 return Err(CatchupError::Timeout {
                     server: tgt.name(),
                     secs: t.as_secs(),
@@ -306,12 +310,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         let reached = if goal.is_empty() {
             true
         } else {
-            let r = first(
-                &mut replica,
-                tgt,
-                &format!("SELECT MASTER_GTID_WAIT({}, 1)", quote_str(&goal)),
-            )
-            .await?;
+            let r = first(&mut replica, tgt, "SELECT MASTER_GTID_WAIT(?, 1)", (&goal,)).await?;
             text(&r[0]) == "0"
         };
         let st = slave_status(&mut replica, tgt).await?;
@@ -375,7 +374,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let reached = text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos").await?[0]);
+    let reached = text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0]);
     let _ = replica.disconnect().await;
     Ok(CatchupReport {
         target: tgt.addr(),
@@ -392,16 +391,20 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
 async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), CatchupError> {
     let tgt = &plan.target;
     let m = &plan.manifest;
-    exec(replica, tgt, "STOP SLAVE").await?;
-    exec(replica, tgt, "RESET SLAVE ALL").await?;
-    let set = format!("SET GLOBAL gtid_slave_pos={}", quote_str(&m.position.gtid));
-    replica.query_drop(set.as_str()).await.map_err(|e| CatchupError::Setup {
-        server: tgt.name(),
-        detail: format!(
-            "{set} failed ({}); the target's own binary log has GTIDs that conflict with the master's: on a fresh replica run RESET MASTER, then catchup again",
-            replseed_stage::sql::describe(&e).0
-        ),
-    })?;
+    exec(replica, tgt, "STOP SLAVE", ()).await?;
+    exec(replica, tgt, "RESET SLAVE ALL", ()).await?;
+    let set = "SET GLOBAL gtid_slave_pos=?";
+    replica
+        .exec_drop(set, (&m.position.gtid,))
+        .await
+        .map_err(|e| CatchupError::Setup {
+            server: tgt.name(),
+            detail: format!(
+                "SET GLOBAL gtid_slave_pos='{}' failed ({}); the target's own binary log has GTIDs that conflict with the master's: on a fresh replica run RESET MASTER, then catchup again",
+                m.position.gtid,
+                replseed_db::describe(&e).0
+            ),
+        })?;
     exec(
         replica,
         tgt,
@@ -410,21 +413,20 @@ async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), Catchup
             quote_str(&plan.master_host),
             plan.master_port,
             quote_str(&plan.replication_user),
-            quote_str(&plan.replication_password)
+            quote_str(plan.replication_password.expose_secret())
         ),
+        (),
     )
     .await?;
     // Recorded before START SLAVE: a re-run must not set gtid_slave_pos back.
     exec(
         replica,
         tgt,
-        &format!(
-            "UPDATE replseed.load_runs SET status='replicating' WHERE snapshot={}",
-            quote_str(&m.snapshot)
-        ),
+        "UPDATE replseed.load_runs SET status='replicating' WHERE snapshot=?",
+        (&m.snapshot,),
     )
     .await?;
-    exec(replica, tgt, "START SLAVE").await?;
+    exec(replica, tgt, "START SLAVE", ()).await?;
     info!(target = %tgt.addr(), gtid = %m.position.gtid, master = %format!("{}:{}", plan.master_host, plan.master_port), "replication started");
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
-use replseed_stage::sql::{qualified, quote_ident, quote_str, rows, text, DbError, Server};
+use replseed_db::{qualified, quote_ident, quote_str, rows, text, DbError, Server};
 use tracing::info;
 
 use crate::{slave_status, CatchupError};
@@ -78,15 +78,13 @@ async fn objects(
     server: &Server,
     db: &str,
 ) -> Result<BTreeMap<(String, String), String>, DbError> {
-    let q = quote_str(db);
     let mut out = BTreeMap::new();
     let mut list: Vec<(String, String)> = Vec::new();
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA={q}"
-        ),
+        "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA=?",
+        (db,),
     )
     .await?
     {
@@ -100,19 +98,28 @@ async fn objects(
     for r in rows(
         conn,
         server,
-        &format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={q}"),
+        "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA=?",
+        (db,),
     )
     .await?
     {
         list.push(("TRIGGER".into(), text(&r[0])));
     }
-    for r in rows(conn, server, &format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA={q}")).await? {
+    for r in rows(
+        conn,
+        server,
+        "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA=?",
+        (db,),
+    )
+    .await?
+    {
         list.push((text(&r[1]), text(&r[0])));
     }
     for r in rows(
         conn,
         server,
-        &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={q}"),
+        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA=?",
+        (db,),
     )
     .await?
     {
@@ -123,6 +130,7 @@ async fn objects(
             conn,
             server,
             &format!("SHOW CREATE {kind} {}", qualified(db, &name)),
+            (),
         )
         .await?;
         let col = match kind.as_str() {
@@ -166,11 +174,8 @@ async fn checksum_sql(
     let cols = rows(
         conn,
         server,
-        &format!(
-            "SELECT COLUMN_NAME, DATA_TYPE, IFNULL(GENERATION_EXPRESSION, '') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
-            quote_str(db),
-            quote_str(table)
-        ),
+        "SELECT COLUMN_NAME, DATA_TYPE, IFNULL(GENERATION_EXPRESSION, '') FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=? AND TABLE_NAME=? ORDER BY ORDINAL_POSITION",
+        (db, table),
     )
     .await?;
     let mut parts: Vec<String> = cols
@@ -220,11 +225,8 @@ async fn snapshot_gtid(conn: &mut Conn, server: &Server) -> Result<String, DbErr
     let g = rows(
         conn,
         server,
-        &format!(
-            "SELECT BINLOG_GTID_POS({}, {})",
-            quote_str(&file),
-            pos.parse::<u64>().unwrap_or(4)
-        ),
+        "SELECT BINLOG_GTID_POS(?, ?)",
+        (&file, pos.parse::<u64>().unwrap_or(4)),
     )
     .await?;
     Ok(g.first().map(|r| text(&r[0])).unwrap_or_default())
@@ -310,6 +312,7 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
             &mut m,
             src,
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
+            (),
         )
         .await?
         .iter()
@@ -391,7 +394,13 @@ async fn compare(
     let mut non_transactional = Vec::new();
     let (mut tables, mut total_rows, mut objs) = (0u64, 0u64, 0u64);
     for db in dbs {
-        let mdb = rows(m, src, &format!("SHOW CREATE DATABASE {}", quote_ident(db))).await?;
+        let mdb = rows(
+            m,
+            src,
+            &format!("SHOW CREATE DATABASE {}", quote_ident(db)),
+            (),
+        )
+        .await?;
         let rdb = match r
             .query::<Row, _>(format!("SHOW CREATE DATABASE {}", quote_ident(db)))
             .await
@@ -435,11 +444,9 @@ async fn compare(
         let base: Vec<(String, bool, bool)> = rows(
             m,
             src,
-            &format!(
-                "SELECT TABLE_NAME, TABLE_TYPE='SYSTEM VERSIONED', ENGINE='InnoDB' FROM information_schema.TABLES \
-                 WHERE TABLE_SCHEMA={} AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED') ORDER BY TABLE_NAME",
-                quote_str(db)
-            ),
+            "SELECT TABLE_NAME, TABLE_TYPE='SYSTEM VERSIONED', ENGINE='InnoDB' FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA=? AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED') ORDER BY TABLE_NAME",
+            (db,),
         )
         .await?
         .iter()
@@ -456,8 +463,8 @@ async fn compare(
                 non_transactional.push((db.clone(), t, sql));
                 continue;
             }
-            let a = rows(m, src, &sql).await?;
-            let b = rows(r, tgt, &sql).await?;
+            let a = rows(m, src, &sql, ()).await?;
+            let b = rows(r, tgt, &sql, ()).await?;
             total_rows += table_diff(db, &t, &a, &b, &mut diffs);
         }
     }
@@ -476,18 +483,18 @@ async fn compare(
                     .await
                     .map_err(|e| src.err(format!("LOCK TABLES {db}.{t} READ"), &e))?;
                 let res = async {
-                    let g = rows(m, src, "SELECT @@GLOBAL.gtid_binlog_pos").await?;
+                    let g = rows(m, src, "SELECT @@GLOBAL.gtid_binlog_pos", ()).await?;
                     let g = text(&g[0][0]);
-                    let a = rows(m, src, &sql).await?;
+                    let a = rows(m, src, &sql, ()).await?;
                     Ok::<_, CatchupError>((g, a))
                 }
                 .await;
                 let _ = m.query_drop("UNLOCK TABLES").await;
                 let (g, a) = res?;
                 pin_replica(r, tgt, &g, timeout).await?;
-                (a, rows(r, tgt, &sql).await?)
+                (a, rows(r, tgt, &sql, ()).await?)
             }
-            None => (rows(m, src, &sql).await?, rows(r, tgt, &sql).await?),
+            None => (rows(m, src, &sql, ()).await?, rows(r, tgt, &sql, ()).await?),
         };
         total_rows += table_diff(&db, &t, &a, &b, &mut diffs);
     }

@@ -15,13 +15,19 @@
 //!    worker reports the same `Binlog_snapshot_file/position`; after a few
 //!    misses (a busy master), `FLUSH TABLES WITH READ LOCK` is held only
 //!    while they open. Equal positions prove a single cut.
-//! 5. The GTID is `BINLOG_GTID_POS(file, pos)` of that position.
+//! 5. The GTID is `BINLOG_GTID_POS(file, pos)` of that position (the
+//!    reasoning is in `gtid.rs`).
 //! 6. Workers stream tables (large ones split along an integer primary key)
-//!    over the binary protocol into zstd Parquet chunks, bounded in memory.
+//!    over the binary protocol into zstd Parquet chunks, bounded in memory
+//!    (values become Arrow in `decode.rs`). The first worker to fail stops
+//!    the others, and its error is the one reported.
 //! 7. The manifest is published last with a create-only put.
 
 #![warn(missing_docs)]
 
+mod decode;
+mod gtid;
+mod keys;
 mod schema;
 mod worker;
 
@@ -33,10 +39,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
+use replseed_db::{first, text, DbError, Server};
 use replseed_stage::manifest::{
     Consistency, Manifest, Position, Settings, SourceInfo, Totals, FORMAT_NAME, FORMAT_VERSION,
 };
-use replseed_stage::sql::{first, text, DbError, Server};
 use replseed_stage::{ChunkProps, SnapshotState, Stage, StageError};
 use tracing::{info, warn};
 
@@ -183,6 +189,7 @@ pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, E
         server,
         "SELECT VERSION(), @@server_id, @@hostname, @@port, @@log_bin, @@binlog_format, @@gtid_domain_id, \
          @@lower_case_table_names, @@global.sql_mode, @@character_set_server, @@collation_server",
+        (),
     )
     .await?;
     let version = text(&r[0]);
@@ -429,22 +436,8 @@ async fn run_inner(
             detail: "Binlog_snapshot_file is empty: the binary log is not active".into(),
         });
     }
-    let g = first(
-        &mut control,
-        server,
-        &format!(
-            "SELECT BINLOG_GTID_POS({}, {binlog_pos}), @@GLOBAL.gtid_binlog_state",
-            replseed_stage::sql::quote_str(&binlog_file)
-        ),
-    )
-    .await?;
-    if matches!(g.first(), Some(Value::NULL) | None) {
-        return Err(ExtractError::SourceConfig {
-            server: server.name(),
-            detail: format!("BINLOG_GTID_POS('{binlog_file}', {binlog_pos}) returned NULL: the binlog file was purged during the extract; retry"),
-        });
-    }
-    let gtid = text(&g[0]);
+    let gtid::SnapshotGtid { gtid, binlog_state } =
+        gtid::snapshot_gtid(&mut control, server, &binlog_file, binlog_pos).await?;
     info!(%binlog_file, binlog_pos, %gtid, method = %method, "snapshot opened");
 
     // Sequences: their row, read inside a snapshot.
@@ -468,8 +461,8 @@ async fn run_inner(
             binlog_file: binlog_file.clone(),
             binlog_pos,
             gtid,
-            gtid_source: "BINLOG_GTID_POS(Binlog_snapshot_file, Binlog_snapshot_position): the GTID state at exactly the snapshot's binlog offset. gtid_binlog_pos would be read later than the cut; gtid_current_pos drops GTIDs of other server_ids when log_slave_updates is off.".into(),
-            gtid_binlog_state: text(&g[1]),
+            gtid_source: gtid::GTID_SOURCE.into(),
+            gtid_binlog_state: binlog_state,
         },
         consistency: Consistency {
             method,
@@ -511,7 +504,7 @@ async fn run_inner(
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
     let tables = Arc::new(tables);
     let table_jobs = Arc::new(Mutex::new(jobs_per_table));
-    let mut handles = Vec::new();
+    let mut running = tokio::task::JoinSet::new();
     for conn in workers {
         let ctx = worker::Ctx {
             server: server.clone(),
@@ -525,22 +518,11 @@ async fn run_inner(
             events: plan.events.clone(),
             table_jobs: table_jobs.clone(),
         };
-        handles.push(tokio::spawn(worker::run_worker(ctx, conn, queue.clone())));
+        running.spawn(worker::run_worker(ctx, conn, queue.clone()));
     }
-    let mut results = Vec::new();
-    let mut first_err = None;
-    for h in handles {
-        match h.await.expect("worker task panicked") {
-            Ok(r) => results.extend(r),
-            Err(e) => {
-                queue.lock().expect("queue").clear();
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    // The first failure stops every other worker at once (their queries are
+    // dropped with their connections), and is the error reported.
+    let results = join_first_error(running).await?;
 
     // The DDL guard must still be there: check the control connection.
     control.query_drop("DO 1").await.map_err(|e| {
@@ -594,4 +576,23 @@ async fn run_inner(
         manifest,
         elapsed: started.elapsed(),
     })
+}
+
+/// Waits for every task of `set`; on the first error, aborts the others and
+/// returns that error. Results come in completion order.
+async fn join_first_error<T: 'static>(
+    mut set: tokio::task::JoinSet<Result<Vec<T>, ExtractError>>,
+) -> Result<Vec<T>, ExtractError> {
+    let mut out = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined.expect("worker task panicked") {
+            Ok(r) => out.extend(r),
+            Err(e) => {
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -3,9 +3,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mysql_async::{Conn, Value};
+use replseed_db::{qualified, quote_ident, rows, text, Server};
 use replseed_stage::manifest::{Database, Object, Sequence, Table};
-use replseed_stage::sql::{qualified, quote_ident, rows, text, Server};
-use replseed_stage::types::{assign_raw_columns, ColumnKind, ColumnSpec};
+use replseed_stage::types::{
+    assign_raw_columns, implicit_period_columns, json_check_column, period_is_copyable, ColumnKind,
+    ColumnSpec,
+};
 
 use crate::ExtractError;
 
@@ -30,12 +33,7 @@ fn opt_s(v: &Value) -> Option<String> {
 }
 
 fn u(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => Some(*i as u64),
-        Value::UInt(u) => Some(*u),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
+    mysql_async::from_value_opt::<u64>(v.clone()).ok()
 }
 
 /// Lists the databases to copy.
@@ -48,6 +46,7 @@ pub async fn databases(
         conn,
         server,
         "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
+        (),
     )
     .await?
     .iter()
@@ -96,17 +95,18 @@ pub async fn database(
     server: &Server,
     db: &str,
 ) -> Result<(Database, Vec<TablePlan>), ExtractError> {
-    let dbq = replseed_stage::sql::quote_str(db);
     let create = rows(
         conn,
         server,
         &format!("SHOW CREATE DATABASE {}", quote_ident(db)),
+        (),
     )
     .await?;
     let cs = rows(
         conn,
         server,
-        &format!("SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME={dbq}"),
+        "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME=?",
+        (db,),
     )
     .await?;
     let mut database = Database {
@@ -126,10 +126,9 @@ pub async fn database(
     let tables = rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, TABLE_ROWS FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME"
-        ),
+        "SELECT TABLE_NAME, TABLE_TYPE, ENGINE, TABLE_ROWS FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA=? ORDER BY TABLE_NAME",
+        (db,),
     )
     .await?;
 
@@ -138,11 +137,10 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
-             IS_NULLABLE, EXTRA, IS_GENERATED, GENERATION_EXPRESSION, NUMERIC_PRECISION, NUMERIC_SCALE \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA={dbq} ORDER BY TABLE_NAME, ORDINAL_POSITION"
-        ),
+        "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
+         IS_NULLABLE, EXTRA, IS_GENERATED, GENERATION_EXPRESSION, NUMERIC_PRECISION, NUMERIC_SCALE \
+         FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=? ORDER BY TABLE_NAME, ORDINAL_POSITION",
+        (db,),
     )
     .await?
     {
@@ -152,10 +150,9 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA={dbq} AND INDEX_NAME='PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX"
-        ),
+        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA=? AND INDEX_NAME='PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX",
+        (db,),
     )
     .await?
     {
@@ -165,29 +162,23 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-             WHERE CONSTRAINT_SCHEMA={dbq} AND LEVEL='Column'"
-        ),
+        "SELECT TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+         WHERE CONSTRAINT_SCHEMA=? AND LEVEL='Column'",
+        (db,),
     )
     .await?
     {
-        let clause = text(&r[1]);
-        if let Some(col) = clause
-            .strip_prefix("json_valid(`")
-            .and_then(|c| c.strip_suffix("`)"))
-        {
-            json_cols.insert((text(&r[0]), col.replace("``", "`")));
+        if let Some(col) = json_check_column(&text(&r[1])) {
+            json_cols.insert((text(&r[0]), col));
         }
     }
     let mut fk_tables: HashSet<String> = HashSet::new();
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
-             WHERE CONSTRAINT_SCHEMA={dbq} OR UNIQUE_CONSTRAINT_SCHEMA={dbq}"
-        ),
+        "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
+         WHERE CONSTRAINT_SCHEMA=? OR UNIQUE_CONSTRAINT_SCHEMA=?",
+        (db, db),
     )
     .await?
     {
@@ -208,6 +199,7 @@ pub async fn database(
                     conn,
                     server,
                     &format!("SHOW CREATE VIEW {}", qualified(db, &name)),
+                    (),
                 )
                 .await?;
                 database.views.push(Object {
@@ -227,6 +219,7 @@ pub async fn database(
                     conn,
                     server,
                     &format!("SHOW CREATE SEQUENCE {}", qualified(db, &name)),
+                    (),
                 )
                 .await?;
                 database.sequences.push(Sequence {
@@ -241,6 +234,7 @@ pub async fn database(
                     conn,
                     server,
                     &format!("SHOW CREATE TABLE {}", qualified(db, &name)),
+                    (),
                 )
                 .await?;
                 let create_sql = text(&r[0][1]);
@@ -277,7 +271,7 @@ pub async fn database(
                         table: format!("{db}.{name}"),
                         detail: format!("column `{cname}`: {e}"),
                     })?;
-                    if period && data_type != "timestamp" {
+                    if period && !period_is_copyable(&data_type) {
                         return Err(ExtractError::Unsupported {
                             table: format!("{db}.{name}"),
                             detail: "transaction-precise system versioning (ROW START of type BIGINT) cannot be copied: its history refers to the master's transaction ids".into(),
@@ -296,19 +290,7 @@ pub async fn database(
                     });
                 }
                 if versioned && !has_explicit_period {
-                    for pseudo in ["ROW_START", "ROW_END"] {
-                        specs.push(ColumnSpec {
-                            name: pseudo.into(),
-                            column_type: "timestamp(6)".into(),
-                            data_type: "timestamp".into(),
-                            charset: None,
-                            collation: None,
-                            nullable: false,
-                            invisible: true,
-                            kind: ColumnKind::Timestamp,
-                            raw_column: None,
-                        });
-                    }
+                    specs.extend(implicit_period_columns());
                 }
                 assign_raw_columns(&mut specs);
                 let mut primary_key = pks.get(&name).cloned().unwrap_or_default();
@@ -361,15 +343,20 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS \
-             WHERE TRIGGER_SCHEMA={dbq} ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER"
-        ),
+        "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS \
+         WHERE TRIGGER_SCHEMA=? ORDER BY EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION, ACTION_ORDER",
+        (db,),
     )
     .await?
     {
         let name = text(&r[0]);
-        let d = rows(conn, server, &format!("SHOW CREATE TRIGGER {}", qualified(db, &name))).await?;
+        let d = rows(
+            conn,
+            server,
+            &format!("SHOW CREATE TRIGGER {}", qualified(db, &name)),
+            (),
+        )
+        .await?;
         database.triggers.push(Object {
             name,
             kind: "trigger".into(),
@@ -387,10 +374,9 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!(
-            "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
-             WHERE ROUTINE_SCHEMA={dbq} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"
-        ),
+        "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
+         WHERE ROUTINE_SCHEMA=? ORDER BY ROUTINE_TYPE, ROUTINE_NAME",
+        (db,),
     )
     .await?
     {
@@ -412,6 +398,7 @@ pub async fn database(
             conn,
             server,
             &format!("SHOW CREATE {rtype} {}", qualified(db, &name)),
+            (),
         )
         .await?;
         let Some(def) = d.first() else { continue };
@@ -439,12 +426,19 @@ pub async fn database(
     for r in rows(
         conn,
         server,
-        &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={dbq} ORDER BY EVENT_NAME"),
+        "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA=? ORDER BY EVENT_NAME",
+        (db,),
     )
     .await?
     {
         let name = text(&r[0]);
-        let d = rows(conn, server, &format!("SHOW CREATE EVENT {}", qualified(db, &name))).await?;
+        let d = rows(
+            conn,
+            server,
+            &format!("SHOW CREATE EVENT {}", qualified(db, &name)),
+            (),
+        )
+        .await?;
         database.events.push(Object {
             name,
             kind: "event".into(),

@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
+use replseed_db::{qualified, quote_ident, DbError, Server};
 use replseed_stage::layout::chunk_path;
 use replseed_stage::manifest::{Chunk, KeyRange};
-use replseed_stage::sql::{qualified, quote_ident, DbError, Server};
-use replseed_stage::types::{BatchBuilder, ColumnKind, TextEncoder};
+use replseed_stage::types::ColumnKind;
 use replseed_stage::{ChunkProps, ChunkWriter, Stage};
 use tracing::debug;
 
+use crate::decode::BatchBuilder;
+use crate::keys::KeyColumns;
 use crate::schema::TablePlan;
 use crate::{ExtractError, Progress};
 
@@ -51,12 +53,7 @@ pub struct Ctx {
 }
 
 fn as_i128(v: &Value) -> Option<i128> {
-    match v {
-        Value::Int(i) => Some(*i as i128),
-        Value::UInt(u) => Some(*u as i128),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
+    mysql_async::from_value_opt::<i128>(v.clone()).ok()
 }
 
 /// Splits large tables with a single integer primary key into ranges of
@@ -143,7 +140,7 @@ pub async fn read_sequence(
         .await
         .map_err(|e| server.err(format!("reading sequence {db}.{name}"), &e))?;
     Ok(
-        r.map(|r| r.unwrap().iter().map(replseed_stage::sql::text).collect())
+        r.map(|r| r.unwrap().iter().map(replseed_db::text).collect())
             .unwrap_or_default(),
     )
 }
@@ -193,7 +190,7 @@ struct Open {
 async fn write_batch(
     ctx: &Ctx,
     o: &mut Open,
-    keys: Option<&TextEncoder>,
+    keys: Option<&KeyColumns>,
     builder: &mut BatchBuilder,
 ) -> Result<(), ExtractError> {
     let batch = builder.finish();
@@ -202,11 +199,10 @@ async fn write_batch(
         return Ok(());
     }
     if let Some(k) = keys {
-        let key = |row| (0..k.len()).map(|c| k.value_text(&batch, c, row)).collect();
         if o.first.is_none() {
-            o.first = Some(key(0));
+            o.first = Some(k.render(&batch, 0));
         }
-        o.last = key(n - 1);
+        o.last = k.render(&batch, n - 1);
     }
     o.writer.write(&batch).await?;
     ctx.progress.rows.fetch_add(n as u64, Ordering::Relaxed);
@@ -253,17 +249,7 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
         .map_err(|e| server.err(format!("reading {full}"), &e))?;
     let mut builder = BatchBuilder::new(&t.columns);
     let schema = builder.schema();
-    // The key columns, rendered as the loader would write them.
-    let key_cols: Vec<_> = t
-        .primary_key
-        .iter()
-        .filter_map(|k| t.columns.iter().find(|c| &c.name == k).cloned())
-        .collect();
-    let keys = if key_cols.is_empty() {
-        None
-    } else {
-        Some(TextEncoder::new(&key_cols, &schema).expect("key columns are in the schema"))
-    };
+    let keys = KeyColumns::new(t, &schema);
     let mut chunks = Vec::new();
     let mut open: Option<Open> = None;
     let mut part = 0u32;

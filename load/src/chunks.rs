@@ -9,10 +9,11 @@ use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use replseed_db::{qualified, quote_ident, Server};
 use replseed_stage::manifest::{Chunk, Table};
-use replseed_stage::sql::{qualified, quote_ident, quote_str, Server};
-use replseed_stage::types::TextEncoder;
 
+use crate::bookkeeping::RECORD_CHUNK;
+use crate::encode::TextEncoder;
 use crate::LoadError;
 
 /// Bytes handed to the server per LOAD DATA packet batch.
@@ -23,14 +24,13 @@ pub fn load_statement(db: &str, t: &Table) -> String {
     let mut cols = Vec::with_capacity(t.columns.len());
     let mut sets = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
-        if c.kind.loads_through_text() {
-            cols.push(format!("@c{i}"));
-            sets.push(format!(
-                "{} = CONVERT(@c{i} USING utf8mb4)",
-                quote_ident(&c.name)
-            ));
-        } else {
-            cols.push(quote_ident(&c.name));
+        let var = format!("@c{i}");
+        match c.kind.load_conversion(&var) {
+            Some(expr) => {
+                sets.push(format!("{} = {expr}", quote_ident(&c.name)));
+                cols.push(var);
+            }
+            None => cols.push(quote_ident(&c.name)),
         }
     }
     let mut sql = format!(
@@ -91,9 +91,8 @@ fn produce(
     Ok(rows)
 }
 
-/// Loads a chunk file into its table and records it, in one transaction.
-/// Returns the rows loaded.
-#[allow(clippy::too_many_arguments)]
+/// Loads a chunk file into its table and records it, in one transaction
+/// (for a transactional table). Returns the rows loaded.
 pub async fn load_chunk(
     conn: &mut Conn,
     server: &Server,
@@ -102,8 +101,8 @@ pub async fn load_chunk(
     chunk: &Chunk,
     file: PathBuf,
     snapshot: &str,
-    transactional: bool,
 ) -> Result<u64, LoadError> {
+    let transactional = table.transactional;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let t2 = table.clone();
     let key = chunk.path.clone();
@@ -161,17 +160,15 @@ pub async fn load_chunk(
             ),
         });
     }
-    let record = format!(
-        "INSERT INTO replseed.load_chunks (snapshot, path_hash, path, db_name, table_name, rows_loaded) \
-         VALUES ({}, UNHEX(SHA2({}, 256)), {}, {}, {}, {})",
-        quote_str(snapshot),
-        quote_str(&chunk.path),
-        quote_str(&chunk.path),
-        quote_str(db),
-        quote_str(&table.name),
-        chunk.rows
+    let record = (
+        snapshot,
+        &chunk.path,
+        &chunk.path,
+        db,
+        &table.name,
+        chunk.rows,
     );
-    conn.query_drop(record)
+    conn.exec_drop(RECORD_CHUNK, record)
         .await
         .map_err(|e| server.err(what("recording"), &e))?;
     if transactional {

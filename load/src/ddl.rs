@@ -77,6 +77,27 @@ pub fn split_indexes(create_sql: &str) -> SplitDdl {
     }
 }
 
+/// The index name in an `ADD [UNIQUE|FULLTEXT|SPATIAL] KEY `name` (...)` clause.
+pub fn index_name(clause: &str) -> Option<String> {
+    let start = clause.find('`')?;
+    let rest = &clause[start + 1..];
+    let mut name = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '`' {
+            if chars.peek() == Some(&'`') {
+                chars.next();
+                name.push('`');
+            } else {
+                return Some(name);
+            }
+        } else {
+            name.push(c);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +115,12 @@ mod tests {
             s.create,
             "CREATE TABLE `sbtest1` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `k` int(11) NOT NULL DEFAULT 0,\n  `c` char(120) NOT NULL DEFAULT '',\n  PRIMARY KEY (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4\n PARTITION BY HASH (`id`)\nPARTITIONS 2"
         );
+    }
+
+    #[test]
+    fn index_names_are_unquoted() {
+        assert_eq!(index_name("ADD KEY `a``b` (`x`)").as_deref(), Some("a`b"));
+        assert_eq!(index_name("ADD KEY"), None);
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use replseed_db::Server;
 use replseed_load::{LoadPlan, LoadReport, Progress};
-use replseed_stage::sql::Server;
 use replseed_stage::{Manifest, Stage};
 
 use super::{print_json, shutdown_signal};

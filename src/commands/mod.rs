@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use replseed_db::Server;
 use replseed_extract::{ExtractPlan, Progress};
-use replseed_stage::sql::Server;
 use replseed_stage::{ChunkProps, Manifest, Stage};
 
 use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};

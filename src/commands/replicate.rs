@@ -9,7 +9,7 @@ use serde_json::json;
 
 use replseed_catchup::verify::VerifyPlan;
 use replseed_catchup::{CatchupPlan, CatchupReport, Progress};
-use replseed_stage::sql::Server;
+use replseed_db::Server;
 use replseed_stage::{Manifest, Stage};
 
 use super::{extract_json, print_json, shutdown_signal, Failure};
@@ -30,6 +30,7 @@ fn catchup_plan(
         replication_password: r
             .replication_password
             .clone()
+            .map(secrecy::SecretString::from)
             .unwrap_or_else(|| source.password()),
         master_host: r.master_host.clone().unwrap_or_else(|| source.host()),
         master_port: r.master_port.unwrap_or_else(|| source.port()),

@@ -15,7 +15,6 @@
 pub mod error;
 pub mod layout;
 pub mod manifest;
-pub mod sql;
 pub mod store;
 pub mod types;
 

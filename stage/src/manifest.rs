@@ -110,7 +110,7 @@ pub struct Settings {
     pub chunk_rows: u64,
     /// Maximum compressed bytes per chunk file (approximate).
     pub chunk_bytes: u64,
-    /// Parquet compression, e.g. `zstd(3)`.
+    /// Parquet compression, e.g. `zstd(1)`.
     pub compression: String,
     /// Worker count.
     pub threads: u32,
@@ -144,7 +144,8 @@ pub struct Database {
     pub tables: Vec<Table>,
     /// Sequences with their state.
     pub sequences: Vec<Sequence>,
-    /// Views, in an order that creates dependencies first.
+    /// Views, in name order (the loader creates them in rounds until every
+    /// view's dependencies exist).
     pub views: Vec<Object>,
     /// Triggers (created after the data).
     pub triggers: Vec<Object>,
@@ -238,7 +239,9 @@ pub struct Chunk {
     pub bytes: u64,
     /// SHA-256 of the file bytes, hex.
     pub sha256: String,
-    /// First and last primary-key values in the file (text), if the table has a key.
+    /// First and last primary-key values in the file, if the table has a
+    /// key: each value as Arrow displays it (the raw sidecar text for a
+    /// zero date), `null` for NULL. Informative; the loader does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_range: Option<KeyRange>,
 }

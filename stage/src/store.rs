@@ -14,7 +14,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -80,52 +82,60 @@ impl Stage {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        if let Some(rest) = url
-            .strip_prefix("s3://")
-            .or_else(|| url.strip_prefix("s3a://"))
-        {
-            let (bucket, prefix) = match rest.split_once('/') {
-                Some((b, p)) => (b, p.trim_matches('/')),
-                None => (rest, ""),
-            };
-            if bucket.is_empty() {
-                return Err(bad("no bucket name; use s3://bucket/prefix"));
-            }
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(object_store::RetryConfig {
-                    backoff: Default::default(),
-                    max_retries: 4,
-                    retry_timeout: Duration::from_secs(60),
-                })
-                .build()
-                .map_err(|e| bad(&e.to_string()))?;
-            let root = Path::parse(prefix).map_err(|e| bad(&e.to_string()))?;
-            return Ok(Stage {
-                store: Arc::new(store),
-                root,
-                url: format!("s3://{bucket}/{prefix}")
-                    .trim_end_matches('/')
-                    .to_string(),
-                local_root: None,
-            });
-        }
-        let dir = if let Some(rest) = url.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(bad(
-                    "file URLs need an absolute path: file:///path/to/stage",
-                ));
-            }
-            PathBuf::from(rest)
-        } else if url.contains("://") {
-            return Err(bad(
-                "supported stages are file:///path, a plain path, and s3://bucket/prefix",
-            ));
-        } else if url.is_empty() {
+        if url.is_empty() {
             return Err(bad("empty"));
+        }
+        // A plain path is a local directory; anything else is a URL that
+        // object_store parses (scheme, bucket, prefix).
+        let parsed = if url.contains("://") {
+            url::Url::parse(url).map_err(|e| bad(&e.to_string()))?
         } else {
-            PathBuf::from(url)
+            let abs = std::path::absolute(url).map_err(|e| bad(&e.to_string()))?;
+            url::Url::from_file_path(&abs).map_err(|_| bad("not a usable path"))?
         };
+        let unsupported = "supported stages are file:///path, a plain path, and s3://bucket/prefix";
+        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|_| bad(unsupported))?;
+        match scheme {
+            ObjectStoreScheme::AmazonS3 if matches!(parsed.scheme(), "s3" | "s3a") => {
+                let bucket = parsed.host_str().unwrap_or_default();
+                if bucket.is_empty() {
+                    return Err(bad("no bucket name; use s3://bucket/prefix"));
+                }
+                let store = AmazonS3Builder::from_env()
+                    .with_url(parsed.as_str())
+                    .with_retry(object_store::RetryConfig {
+                        backoff: Default::default(),
+                        max_retries: 4,
+                        retry_timeout: Duration::from_secs(60),
+                    })
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?;
+                Ok(Stage {
+                    store: Arc::new(store),
+                    url: format!("s3://{bucket}/{prefix}")
+                        .trim_end_matches('/')
+                        .to_string(),
+                    root: prefix,
+                    local_root: None,
+                })
+            }
+            ObjectStoreScheme::Local => {
+                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(bad(
+                        "file URLs need an absolute path: file:///path/to/stage",
+                    ));
+                }
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|_| bad("file URLs need an absolute path: file:///path/to/stage"))?;
+                Self::open_dir(url, dir)
+            }
+            _ => Err(bad(unsupported)),
+        }
+    }
+
+    /// A local directory stage, created if missing.
+    fn open_dir(url: &str, dir: PathBuf) -> Result<Stage, StageError> {
         std::fs::create_dir_all(&dir).map_err(|e| StageError::Unreachable {
             url: url.to_string(),
             reason: format!("cannot create directory {}: {e}", dir.display()),
@@ -135,7 +145,10 @@ impl Stage {
             reason: format!("{}: {e}", dir.display()),
         })?;
         let store = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| bad(&e.to_string()))?
+            .map_err(|e| StageError::InvalidUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?
             .with_automatic_cleanup(true);
         Ok(Stage {
             store: Arc::new(store),

@@ -1,0 +1,311 @@
+//! The scheduler: chunks go to a pool of load sessions, biggest tables
+//! first; when the last chunk of a table is in, its indexes are built. A
+//! load that follows an extract turns the extract's events into work as
+//! they come. The first worker to fail stops the others, and its error is
+//! the one reported.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mysql_async::Conn;
+use replseed_stage::manifest::{Chunk, Manifest};
+use replseed_stage::SnapshotEvent;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::objects::{finish_table, TableToLoad};
+use crate::{chunks, session, LoadError, LoadPlan, Progress};
+
+struct TableWork {
+    table: TableToLoad,
+    /// Chunks loaded (by this run or an earlier one).
+    loaded: usize,
+    /// Chunks the table has, once known.
+    total: Option<usize>,
+    /// Indexes built and state recorded (exactly once).
+    finished: bool,
+}
+
+impl TableWork {
+    /// Whether this call is the one that must finish the table.
+    fn take_finish(&mut self) -> bool {
+        if !self.finished && self.total == Some(self.loaded) {
+            self.finished = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Work for the load workers.
+enum Item {
+    /// Load a chunk of the table with this index.
+    Chunk(usize, Chunk),
+    /// Build the table's deferred indexes (all its chunks are in).
+    Finish(usize),
+}
+
+type Queue = Arc<tokio::sync::Mutex<UnboundedReceiver<Item>>>;
+type Work = Arc<Mutex<Vec<TableWork>>>;
+
+/// What the scheduler did.
+pub struct Scheduled {
+    /// Chunks an earlier run had loaded (skipped).
+    pub resumed: u64,
+    /// The published manifest, when following an extract.
+    pub published: Option<Arc<Manifest>>,
+}
+
+/// Loads every chunk of `tables` not in `done`, with `plan.threads`
+/// sessions. With `follow`, chunks are taken from the extract's events
+/// until it publishes the snapshot.
+pub async fn run(
+    plan: &LoadPlan,
+    tables: Vec<TableToLoad>,
+    done: &HashSet<String>,
+    follow: Option<UnboundedReceiver<SnapshotEvent>>,
+    progress: &Arc<Progress>,
+) -> Result<Scheduled, LoadError> {
+    let mut work: Vec<TableWork> = tables
+        .into_iter()
+        .map(|table| TableWork {
+            table,
+            loaded: 0,
+            total: None,
+            finished: false,
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Item>();
+    let mut resumed = 0u64;
+    if follow.is_none() {
+        resumed = queue_snapshot(&mut work, done, &tx, progress);
+        if resumed > 0 {
+            info!(snapshot = %plan.manifest.snapshot, target = %plan.target.addr(), resumed, "resuming: chunks already loaded are skipped");
+        }
+    }
+
+    progress.set_phase("loading chunks");
+    let work: Work = Arc::new(Mutex::new(work));
+    let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = JoinSet::new();
+    for _ in 0..plan.threads.max(1) {
+        let conn = session::session(&plan.target).await?;
+        workers.spawn(load_worker(
+            conn,
+            plan.clone(),
+            work.clone(),
+            queue.clone(),
+            progress.clone(),
+        ));
+    }
+    let mut published = None;
+    if let Some(events) = follow {
+        let fed = feed(plan, events, &work, done, &tx, progress, &mut workers).await;
+        match fed {
+            Ok((n, manifest)) => {
+                resumed += n;
+                published = Some(manifest);
+            }
+            Err(e) => {
+                workers.abort_all();
+                while workers.join_next().await.is_some() {}
+                return Err(e);
+            }
+        }
+    }
+    drop(tx); // no more work: workers stop when the queue is empty
+    while let Some(joined) = workers.join_next().await {
+        if let Some(e) = worker_error(joined) {
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+            return Err(e);
+        }
+    }
+    Ok(Scheduled { resumed, published })
+}
+
+/// A finished worker's error, if it failed.
+fn worker_error(
+    joined: Result<Result<(), LoadError>, tokio::task::JoinError>,
+) -> Option<LoadError> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(j) if j.is_cancelled() => None,
+        Err(j) => panic!("load worker panicked: {j}"),
+    }
+}
+
+/// Queues every chunk of a published snapshot that is not loaded yet, big
+/// tables first. Returns how many chunks were already loaded.
+fn queue_snapshot(
+    work: &mut [TableWork],
+    done: &HashSet<String>,
+    tx: &UnboundedSender<Item>,
+    progress: &Progress,
+) -> u64 {
+    let mut resumed = 0;
+    let mut queue = Vec::new();
+    for (ti, w) in work.iter_mut().enumerate() {
+        w.total = Some(w.table.table.chunks.len());
+        for c in &w.table.table.chunks {
+            if done.contains(&c.path) {
+                resumed += 1;
+                w.loaded += 1;
+            } else {
+                queue.push((ti, c.clone()));
+            }
+        }
+    }
+    // Big tables first, their chunks interleaved with others'.
+    queue.sort_by(|a, b| {
+        let (ta, tb) = (&work[a.0].table.table, &work[b.0].table.table);
+        tb.rows.cmp(&ta.rows).then(a.1.path.cmp(&b.1.path))
+    });
+    progress
+        .rows_total
+        .store(queue.iter().map(|(_, c)| c.rows).sum(), Ordering::Relaxed);
+    // Tables with nothing left to load go first: only their indexes may be missing.
+    for (ti, w) in work.iter_mut().enumerate() {
+        if w.take_finish() {
+            let _ = tx.send(Item::Finish(ti));
+        }
+    }
+    for (ti, c) in queue {
+        let _ = tx.send(Item::Chunk(ti, c));
+    }
+    resumed
+}
+
+/// Turns an extract's events into work until it publishes the snapshot.
+/// Stops at the first worker failure. Returns the chunks already loaded and
+/// the published manifest.
+async fn feed(
+    plan: &LoadPlan,
+    mut events: UnboundedReceiver<SnapshotEvent>,
+    work: &Work,
+    done: &HashSet<String>,
+    tx: &UnboundedSender<Item>,
+    progress: &Progress,
+    workers: &mut JoinSet<Result<(), LoadError>>,
+) -> Result<(u64, Arc<Manifest>), LoadError> {
+    let index: HashMap<(String, String), usize> = work
+        .lock()
+        .expect("work")
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.table.db.clone(), w.table.table.name.clone()), i))
+        .collect();
+    let find = |d: &str, t: &str| index.get(&(d.to_string(), t.to_string())).copied();
+    let mut resumed = 0;
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            Some(joined) = workers.join_next() => {
+                match worker_error(joined) {
+                    Some(e) => return Err(e),
+                    None => continue,
+                }
+            }
+        };
+        match ev {
+            Some(SnapshotEvent::Chunk {
+                database,
+                table,
+                chunk,
+            }) => {
+                let Some(ti) = find(&database, &table) else {
+                    continue;
+                };
+                progress.rows_total.fetch_add(chunk.rows, Ordering::Relaxed);
+                if done.contains(&chunk.path) {
+                    resumed += 1;
+                    work.lock().expect("work")[ti].loaded += 1;
+                } else {
+                    let _ = tx.send(Item::Chunk(ti, chunk));
+                }
+            }
+            Some(SnapshotEvent::TableDone {
+                database,
+                table,
+                chunks,
+            }) => {
+                let Some(ti) = find(&database, &table) else {
+                    continue;
+                };
+                let finish = {
+                    let mut w = work.lock().expect("work");
+                    w[ti].total = Some(chunks);
+                    w[ti].take_finish()
+                };
+                if finish {
+                    let _ = tx.send(Item::Finish(ti));
+                }
+            }
+            Some(SnapshotEvent::Published(manifest)) => return Ok((resumed, manifest)),
+            Some(SnapshotEvent::Started(_)) => {}
+            None => {
+                return Err(LoadError::Object {
+                    object: format!("snapshot {}", plan.manifest.snapshot),
+                    detail: "the extract stopped before publishing it, so the load stops too; the target now holds part of this unpublished snapshot: load a published snapshot with --force to replace it".into(),
+                })
+            }
+        }
+    }
+}
+
+async fn load_worker(
+    mut conn: Conn,
+    plan: LoadPlan,
+    work: Work,
+    queue: Queue,
+    progress: Arc<Progress>,
+) -> Result<(), LoadError> {
+    let server = &plan.target;
+    loop {
+        let next = queue.lock().await.recv().await;
+        let ti = match next {
+            None => break,
+            Some(Item::Finish(ti)) => ti,
+            Some(Item::Chunk(ti, chunk)) => {
+                let (db, table) = {
+                    let w = work.lock().expect("work");
+                    (w[ti].table.db.clone(), w[ti].table.table.clone())
+                };
+                let local = plan.stage.fetch_chunk(&chunk, &plan.spool).await?;
+                let t0 = Instant::now();
+                let n = chunks::load_chunk(
+                    &mut conn,
+                    server,
+                    &db,
+                    &table,
+                    &chunk,
+                    local.path.clone(),
+                    &plan.manifest.snapshot,
+                )
+                .await?;
+                drop(local);
+                debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
+                progress.rows.fetch_add(n, Ordering::Relaxed);
+                progress.chunks.fetch_add(1, Ordering::Relaxed);
+                let finish = {
+                    let mut w = work.lock().expect("work");
+                    w[ti].loaded += 1;
+                    w[ti].take_finish()
+                };
+                if !finish {
+                    continue;
+                }
+                ti
+            }
+        };
+        let table = work.lock().expect("work")[ti].table.clone();
+        finish_table(&mut conn, server, &plan.manifest.snapshot, &table).await?;
+    }
+    let _ = conn.disconnect().await;
+    Ok(())
+}

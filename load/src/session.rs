@@ -1,0 +1,49 @@
+//! The loader's sessions on the target: binary log off, checks off, UTC,
+//! binary-safe.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use replseed_db::Server;
+
+use crate::LoadError;
+
+/// The sql_mode of loader sessions (objects restore it after their own).
+pub const SQL_MODE: &str = "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
+
+const SESSION: &[&str] = &[
+    "SET SESSION sql_log_bin=0",
+    "SET SESSION foreign_key_checks=0",
+    "SET SESSION unique_checks=0",
+    "SET SESSION check_constraint_checks=0",
+    "SET SESSION sql_mode='NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'",
+    "SET SESSION time_zone='+00:00'",
+    "SET NAMES utf8mb4",
+    "SET SESSION net_read_timeout=3600",
+    "SET SESSION net_write_timeout=3600",
+    "SET SESSION max_statement_time=0",
+    "SET SESSION lock_wait_timeout=300",
+    "SET SESSION system_versioning_insert_history=1",
+];
+
+/// Connects a loader session (binlog off, checks off, UTC, binary-safe).
+pub async fn session(server: &Server) -> Result<Conn, LoadError> {
+    let mut conn = server.connect(&[]).await?;
+    for s in SESSION {
+        if let Err(e) = conn.query_drop(*s).await {
+            let (msg, code) = replseed_db::describe(&e);
+            if code == Some(1193) && s.contains("system_versioning_insert_history") {
+                // Before 10.11: fine unless the snapshot has system-versioned
+                // tables, which preflight refuses on such a target.
+                continue;
+            }
+            return Err(match code {
+                Some(1227) | Some(1044) | Some(1142) => LoadError::Preflight {
+                    server: server.name(),
+                    detail: format!("`{s}` was denied ({msg}); the load user needs SUPER or BINLOG ADMIN (for sql_log_bin=0) and ALL PRIVILEGES on the snapshot's databases and on replseed.*"),
+                },
+                _ => LoadError::Db(server.err(format!("setting up the session (`{s}`)"), &e)),
+            });
+        }
+    }
+    Ok(conn)
+}
