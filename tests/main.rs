@@ -3,6 +3,7 @@
 
 mod common;
 mod consistency;
+mod encode;
 mod errors;
 mod examples;
 mod interop;
@@ -11,3 +12,4 @@ mod parquet;
 mod roundtrip;
 mod s3;
 mod stage_ops;
+mod workers;
