@@ -62,16 +62,16 @@ fresh_replica() {
   "$SB" mariadb start --dir "$WORK/replica" --port $RPORT --server-id 2 --buffer-pool-mb $BP --opt=--innodb-log-file-size=$REDO >/dev/null
 }
 
-check_replica() {   # row counts of every table equal the master's
+check_replica() {   # the same tables, with the same row counts and checksums as the master's
   local want got
-  want=$(mdb -P$MPORT -N -e "SELECT GROUP_CONCAT(t ORDER BY t) FROM (SELECT CONCAT(TABLE_NAME,':',(SELECT 0)) t FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest') x" )
-  got=$(mdb -P$RPORT -N -e "SELECT GROUP_CONCAT(t ORDER BY t) FROM (SELECT CONCAT(TABLE_NAME,':',(SELECT 0)) t FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest') x" 2>/dev/null || true)
+  want=$(mdb -P$MPORT -N -e "SELECT GROUP_CONCAT(TABLE_NAME ORDER BY TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest'")
+  got=$(mdb -P$RPORT -N -e "SELECT GROUP_CONCAT(TABLE_NAME ORDER BY TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest'" 2>/dev/null || true)
   [ "$want" = "$got" ] || { echo "replica tables differ after $1: $got" >&2; exit 1; }
   for i in $(seq 1 "$TABLES"); do
     local a b
-    a=$(mdb -P$MPORT -N -e "CHECKSUM TABLE sbtest.sbtest$i" | cut -f2)
-    b=$(mdb -P$RPORT -N -e "CHECKSUM TABLE sbtest.sbtest$i" | cut -f2)
-    [ "$a" = "$b" ] || { echo "sbtest$i differs after $1" >&2; exit 1; }
+    a=$(mdb -P$MPORT -N -e "SELECT COUNT(*) FROM sbtest.sbtest$i; CHECKSUM TABLE sbtest.sbtest$i" | cut -f2 | tr '\n' ' ')
+    b=$(mdb -P$RPORT -N -e "SELECT COUNT(*) FROM sbtest.sbtest$i; CHECKSUM TABLE sbtest.sbtest$i" | cut -f2 | tr '\n' ' ')
+    [ "$a" = "$b" ] || { echo "sbtest$i differs after $1 (rows, checksum: master $a, replica $b)" >&2; exit 1; }
   done
 }
 
