@@ -106,6 +106,10 @@ pub struct ExtractArgs {
     #[command(flatten)]
     pub tuning: TuningArgs,
 
+    /// Do not stage the master's accounts, roles and grants.
+    #[arg(long, env = "REPLSEED_NO_ACCOUNTS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_accounts: bool,
+
     /// Print a one-line JSON summary on stdout.
     #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub json: bool,
@@ -175,6 +179,11 @@ pub struct LoadOpts {
     /// Directory for downloaded chunks (S3 stages); default: the system temp dir.
     #[arg(long, env = "REPLSEED_SPOOL_DIR")]
     pub spool_dir: Option<std::path::PathBuf>,
+
+    /// Do not create the snapshot's accounts, roles and grants (with
+    /// provision: do not stage them either).
+    #[arg(long, env = "REPLSEED_NO_ACCOUNTS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_accounts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +312,10 @@ pub struct VerifyArgs {
     /// Seconds to wait for the replica to reach the master's position.
     #[arg(long, env = "REPLSEED_VERIFY_TIMEOUT", default_value_t = 300)]
     pub timeout: u64,
+
+    /// Do not compare accounts, roles and grants.
+    #[arg(long, env = "REPLSEED_NO_ACCOUNTS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_accounts: bool,
 
     /// Print a one-line JSON summary on stdout.
     #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]

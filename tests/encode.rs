@@ -72,8 +72,10 @@ fn spec(name: &str, column_type: &str, kind: ColumnKind, charset: Option<&str>) 
         collation: None,
         nullable: true,
         invisible: false,
+        auto_increment: false,
         kind,
         raw_column: None,
+        index_column: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod consistency;
 mod encode;
 mod errors;
 mod examples;
+mod fidelity;
 mod interop;
 mod load;
 mod parquet;

@@ -160,10 +160,10 @@ async fn extract_json_summary_and_databases_filter() {
     assert_eq!(j["rows"], 3001);
     let gtid = scalar(&m, "SELECT @@gtid_binlog_pos").await;
     assert_eq!(j["gtid"], gtid.as_str());
-    // The default id is the UTC time.
+    // The default id is the UTC time and a random suffix.
     let id = j["snapshot"].as_str().unwrap();
     assert!(
-        id.len() == 16 && id.ends_with('Z') && id.contains('T'),
+        id.len() == 23 && id[..16].ends_with('Z') && id.contains('T') && id.as_bytes()[16] == b'-',
         "{id}"
     );
 

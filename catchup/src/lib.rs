@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod filters;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use mysql_async::{Conn, Row};
 use replseed_db::{exec, first, quote_str, text, DbError, Server};
 use replseed_stage::manifest::Manifest;
 use secrecy::ExposeSecret;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Everything that can stop a catch-up.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,10 @@ pub struct CatchupReport {
     pub gtid_reached: String,
     /// Whether replication was configured by this run (false: it already was).
     pub configured: bool,
+    /// The replication filter of a subset replica (`replicate_wild_do_table`),
+    /// which its my.cnf must also carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_filter: Option<String>,
     /// Both replication threads running.
     pub replicating: bool,
     /// Caught up with the goal.
@@ -244,6 +249,10 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             ),
         });
     }
+    let filter = filters::wild_do_table(m).map_err(|detail| CatchupError::Setup {
+        server: tgt.name(),
+        detail,
+    })?;
     let loaded: Vec<Row> = replica
         .exec(
             "SELECT status FROM replseed.load_runs WHERE snapshot=?",
@@ -258,7 +267,16 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             true
         }
         Some("replicating") => {
-            // Configured by an earlier run: never rewind; just make sure it runs.
+            // Configured by an earlier run: never rewind; just make sure it
+            // runs, with the filter a subset replica needs.
+            if let Some(f) = &filter {
+                if let Some(detail) = filters::missing(&mut replica, tgt, f).await? {
+                    return Err(CatchupError::Setup {
+                        server: tgt.name(),
+                        detail,
+                    });
+                }
+            }
             let st = slave_status(&mut replica, tgt).await?;
             if st
                 .get("Slave_SQL_Running")
@@ -382,6 +400,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         gtid_goal: goal,
         gtid_reached: reached,
         configured,
+        replication_filter: filter,
         replicating: true,
         caught_up: true,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -418,6 +437,23 @@ async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), Catchup
         (),
     )
     .await?;
+    // A subset replica replicates exactly its databases.
+    let filter = filters::wild_do_table(m).map_err(|detail| CatchupError::Setup {
+        server: tgt.name(),
+        detail,
+    })?;
+    if let Some(f) = &filter {
+        filters::set(replica, tgt, f).await?;
+        exec(
+            replica,
+            tgt,
+            "INSERT INTO replseed.replication_filters (snapshot, wild_do_table) VALUES (?, ?) \
+             ON DUPLICATE KEY UPDATE wild_do_table=VALUES(wild_do_table)",
+            (&m.snapshot, f),
+        )
+        .await?;
+        warn!(target = %tgt.addr(), "subset replica: add `{}` to the [mysqld] section of its my.cnf, or a restart forgets the filter", filters::my_cnf_line(f));
+    }
     // Recorded before START SLAVE: a re-run must not set gtid_slave_pos back.
     exec(
         replica,

@@ -41,6 +41,8 @@ pub struct VerifyPlan {
     pub databases: Option<Vec<String>>,
     /// How long to wait for the replica to reach the master's GTID.
     pub timeout: Duration,
+    /// Compare accounts, roles and grants too.
+    pub accounts: bool,
 }
 
 /// What verify found.
@@ -306,9 +308,16 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
     let (src, tgt) = (&plan.source, &plan.target);
     let mut m = src.connect(SESSION).await?;
     let mut r = tgt.connect(SESSION).await?;
-    let dbs: Vec<String> = match &plan.databases {
-        Some(d) => d.clone(),
-        None => rows(
+    // A subset replica: its databases, and its replication filter.
+    let filter = crate::filters::recorded(&mut r, tgt).await?;
+    let mut filter_problem = None;
+    if let Some(f) = &filter {
+        filter_problem = crate::filters::missing(&mut r, tgt, f).await?;
+    }
+    let dbs: Vec<String> = match (&plan.databases, &filter) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => crate::filters::databases(f),
+        (None, None) => rows(
             &mut m,
             src,
             "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
@@ -352,7 +361,7 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         .await
         .map_err(|e| tgt.err("opening a consistent snapshot", &e))?;
 
-    let result = compare(
+    let mut result = compare(
         &mut m,
         &mut r,
         src,
@@ -361,6 +370,15 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         replicating.then_some(plan.timeout),
     )
     .await;
+    if let Ok((_, _, _, diffs)) = &mut result {
+        diffs.extend(filter_problem);
+        if plan.accounts {
+            match compare_accounts(&mut m, &mut r, src, tgt).await {
+                Ok(d) => diffs.extend(d),
+                Err(e) => result = Err(e),
+            }
+        }
+    }
     let _ = r.query_drop("COMMIT").await;
     if replicating {
         let _ = r.query_drop("STOP SLAVE").await;
@@ -380,6 +398,38 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         differences,
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Accounts, roles and grants that differ between the two servers.
+async fn compare_accounts(
+    m: &mut Conn,
+    r: &mut Conn,
+    src: &Server,
+    tgt: &Server,
+) -> Result<Vec<String>, CatchupError> {
+    use replseed_db::accounts;
+    let a = accounts::read(m, src).await?;
+    let b = accounts::read(r, tgt).await?;
+    let key = |x: &accounts::Account| (x.user.clone(), x.host.clone(), x.role);
+    let bm: BTreeMap<_, _> = b.accounts.iter().map(|x| (key(x), x)).collect();
+    let am: BTreeMap<_, _> = a.accounts.iter().map(|x| (key(x), x)).collect();
+    let mut out = Vec::new();
+    for (k, x) in &am {
+        match bm.get(k) {
+            None => out.push(format!("{} is missing on the replica", x.name())),
+            Some(y) if y != x => out.push(format!("{} differs (definition or grants)", x.name())),
+            _ => {}
+        }
+    }
+    for (k, y) in &bm {
+        if !am.contains_key(k) {
+            out.push(format!("{} is only on the replica", y.name()));
+        }
+    }
+    if a.public_grants != b.public_grants {
+        out.push("the grants of PUBLIC differ".into());
+    }
+    Ok(out)
 }
 
 async fn compare(

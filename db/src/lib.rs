@@ -8,11 +8,14 @@
 //!   is pasted into SQL text. Without parameters they use the text protocol,
 //!   which also runs the statements MariaDB cannot prepare.
 //! * [`quote_ident`], [`qualified`]: identifiers, which cannot be bound.
+//! * [`accounts`]: a server's accounts, roles and grants, to stage,
+//!   compare and replay.
 //! * [`DbError`]: a failure, naming the server and what was being done,
 //!   never with a password.
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 mod error;
 mod query;
 mod server;

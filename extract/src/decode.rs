@@ -79,8 +79,15 @@ pub struct BatchBuilder {
     schema: SchemaRef,
     builders: Vec<Builder>,
     raws: Vec<Option<StringBuilder>>,
+    /// Index sidecars of ENUM (UInt16) and SET (UInt64) columns, in column order.
+    indexes: Vec<(usize, IndexBuilder)>,
     rows: usize,
     bytes: usize,
+}
+
+enum IndexBuilder {
+    Enum(UInt16Builder),
+    Set(UInt64Builder),
 }
 
 impl std::fmt::Debug for BatchBuilder {
@@ -93,7 +100,12 @@ impl std::fmt::Debug for BatchBuilder {
 }
 
 fn int_of(v: &Value) -> Option<i128> {
-    from_value_opt::<i128>(v.clone()).ok()
+    match v {
+        // The binary protocol's own integers: no conversion needed.
+        Value::Int(i) => Some(*i as i128),
+        Value::UInt(u) => Some(*u as i128),
+        other => from_value_opt::<i128>(other.clone()).ok(),
+    }
 }
 
 /// MariaDB's decimal text (`-123.4500`) as the unscaled value of a
@@ -145,11 +157,24 @@ impl BatchBuilder {
             .iter()
             .map(|c| c.raw_column.as_ref().map(|_| StringBuilder::new()))
             .collect();
+        let indexes = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.index_column.is_some())
+            .map(|(i, c)| {
+                let b = match c.index_type() {
+                    DataType::UInt64 => IndexBuilder::Set(UInt64Builder::new()),
+                    _ => IndexBuilder::Enum(UInt16Builder::new()),
+                };
+                (i, b)
+            })
+            .collect();
         BatchBuilder {
             columns: columns.to_vec(),
             schema,
             builders,
             raws,
+            indexes,
             rows: 0,
             bytes: 0,
         }
@@ -170,10 +195,33 @@ impl BatchBuilder {
         self.schema.clone()
     }
 
-    /// Appends one row; `values` are in stored-column order.
+    /// Appends one row: `values` are the stored columns in order, then the
+    /// member numbers (`CAST(col AS UNSIGNED)`) of the columns with an index sidecar.
     pub fn push_row(&mut self, values: Vec<Value>) -> Result<(), ValueError> {
-        for (i, v) in values.into_iter().enumerate() {
+        let n = self.columns.len();
+        let mut values = values.into_iter();
+        for (i, v) in values.by_ref().take(n).enumerate() {
             self.push_value(i, v)?;
+        }
+        for (k, v) in values.enumerate() {
+            let (i, b) = &mut self.indexes[k];
+            let number = match &v {
+                Value::NULL => None,
+                v => Some(
+                    int_of(v)
+                        .and_then(|x| u64::try_from(x).ok())
+                        .ok_or_else(|| ValueError {
+                            column: self.columns[*i].name.clone(),
+                            message: format!("not a member number: got {v:?}"),
+                        })?,
+                ),
+            };
+            match (b, number) {
+                (IndexBuilder::Enum(b), Some(x)) => b.append_value(x as u16),
+                (IndexBuilder::Set(b), Some(x)) => b.append_value(x),
+                (IndexBuilder::Enum(b), None) => b.append_null(),
+                (IndexBuilder::Set(b), None) => b.append_null(),
+            }
         }
         self.rows += 1;
         Ok(())
@@ -385,6 +433,12 @@ impl BatchBuilder {
             .collect();
         for r in self.raws.iter_mut().flatten() {
             arrays.push(Arc::new(r.finish()));
+        }
+        for (_, b) in self.indexes.iter_mut() {
+            arrays.push(match b {
+                IndexBuilder::Enum(b) => Arc::new(b.finish()),
+                IndexBuilder::Set(b) => Arc::new(b.finish()),
+            });
         }
         self.rows = 0;
         self.bytes = 0;

@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+mod accounts;
 mod decode;
 mod gtid;
 mod keys;
@@ -139,6 +140,8 @@ pub struct ExtractPlan {
     pub props: ChunkProps,
     /// How many lock-free snapshot attempts before FTWRL.
     pub lock_free_attempts: u32,
+    /// Stage the master's accounts, roles and grants.
+    pub accounts: bool,
     /// Where to report progress events for a loader that follows (optional).
     pub events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
@@ -440,6 +443,21 @@ async fn run_inner(
         gtid::snapshot_gtid(&mut control, server, &binlog_file, binlog_pos).await?;
     info!(%binlog_file, binlog_pos, %gtid, method = %method, "snapshot opened");
 
+    // Accounts, exactly as at the cut, in their own object.
+    let staged_accounts = if plan.accounts {
+        progress.set_phase("reading accounts");
+        let set = accounts::read_at_cut(&mut control, server, &binlog_file, binlog_pos).await?;
+        let body = serde_json::to_vec_pretty(&set).expect("accounts serialize");
+        let rel = replseed_stage::layout::accounts_path(&plan.snapshot);
+        Some(
+            plan.stage
+                .put_file(&rel, body, set.accounts.len() as u64)
+                .await?,
+        )
+    } else {
+        None
+    };
+
     // Sequences: their row, read inside a snapshot.
     for d in databases.iter_mut() {
         for s in d.sequences.iter_mut() {
@@ -480,16 +498,11 @@ async fn run_inner(
             threads: plan.threads as u32,
         },
         databases,
+        subset: plan.databases.clone(),
+        accounts: staged_accounts,
         totals: Totals::default(),
     };
-    for tp in &tables {
-        let d = skeleton
-            .databases
-            .iter_mut()
-            .find(|d| d.name == tp.db)
-            .expect("database of table");
-        d.tables.push(tp.table.clone());
-    }
+    add_tables(&mut skeleton.databases, &tables);
     if let Some(ev) = &plan.events {
         let _ = ev.send(Event::Started(Arc::new(skeleton.clone())));
     }
@@ -575,6 +588,76 @@ async fn run_inner(
     Ok(Report {
         manifest,
         elapsed: started.elapsed(),
+    })
+}
+
+/// Puts each table into its database's entry.
+fn add_tables(databases: &mut [replseed_stage::manifest::Database], tables: &[schema::TablePlan]) {
+    for tp in tables {
+        let d = databases
+            .iter_mut()
+            .find(|d| d.name == tp.db)
+            .expect("database of table");
+        d.tables.push(tp.table.clone());
+    }
+}
+
+/// What an extract with `plan` would copy, read without any lock and
+/// without a snapshot: the manifest without position, chunks or totals.
+/// `provision` checks every target against it before the master pays for an
+/// extract.
+pub async fn preview(plan: &ExtractPlan) -> Result<Manifest, ExtractError> {
+    let server = &plan.source;
+    let mut conn = server
+        .connect(&[
+            "SET SESSION character_set_results=utf8mb4",
+            "SET SESSION sql_quote_show_create=1",
+        ])
+        .await?;
+    let source = preflight(&mut conn, server).await?;
+    let mut databases = Vec::new();
+    let mut tables = Vec::new();
+    for db in schema::databases(&mut conn, server, plan.databases.as_deref()).await? {
+        let (d, t) = schema::database(&mut conn, server, &db).await?;
+        databases.push(d);
+        tables.extend(t);
+    }
+    let _ = conn.disconnect().await;
+    add_tables(&mut databases, &tables);
+    Ok(Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        snapshot: plan.snapshot.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: String::new(),
+        finished_at: String::new(),
+        source,
+        position: Position {
+            binlog_file: String::new(),
+            binlog_pos: 0,
+            gtid: String::new(),
+            gtid_source: String::new(),
+            gtid_binlog_state: String::new(),
+        },
+        consistency: Consistency {
+            method: "preview".into(),
+            attempts: 0,
+            workers: 0,
+            worker_positions: Vec::new(),
+            commit_blocked_ms: 0,
+            ddl_blocked_ms: 0,
+            non_transactional_tables: Vec::new(),
+        },
+        settings: Settings {
+            chunk_rows: plan.chunk_rows,
+            chunk_bytes: plan.chunk_bytes,
+            compression: plan.props.compression_name(),
+            threads: plan.threads as u32,
+        },
+        databases,
+        subset: plan.databases.clone(),
+        accounts: None,
+        totals: Totals::default(),
     })
 }
 

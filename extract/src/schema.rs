@@ -6,7 +6,7 @@ use mysql_async::{Conn, Value};
 use replseed_db::{qualified, quote_ident, rows, text, Server};
 use replseed_stage::manifest::{Database, Object, Sequence, Table};
 use replseed_stage::types::{
-    assign_raw_columns, implicit_period_columns, json_check_column, period_is_copyable, ColumnKind,
+    assign_sidecars, implicit_period_columns, json_check_column, period_is_copyable, ColumnKind,
     ColumnSpec,
 };
 
@@ -34,6 +34,65 @@ fn opt_s(v: &Value) -> Option<String> {
 
 fn u(v: &Value) -> Option<u64> {
     mysql_async::from_value_opt::<u64>(v.clone()).ok()
+}
+
+/// Runs `SHOW CREATE VIEW/TRIGGER/PROCEDURE/FUNCTION/EVENT` with binary
+/// results: the definition comes back in the bytes the object was created
+/// with (its `character_set_client`), which is how it must be replayed.
+/// Read as utf8mb4, a latin1 definition would be converted and then be
+/// converted again on replay (what mysqldump avoids the same way).
+async fn show_create_raw(
+    conn: &mut Conn,
+    server: &Server,
+    sql: &str,
+) -> Result<Vec<Vec<Value>>, ExtractError> {
+    replseed_db::exec(conn, server, "SET SESSION character_set_results=binary", ()).await?;
+    let r = rows(conn, server, sql, ()).await;
+    replseed_db::exec(
+        conn,
+        server,
+        "SET SESSION character_set_results=utf8mb4",
+        (),
+    )
+    .await?;
+    Ok(r?)
+}
+
+/// The raw bytes of a value (NULL is empty).
+fn raw(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Bytes(b) => b.clone(),
+        other => text(other).into_bytes(),
+    }
+}
+
+/// An object from `SHOW CREATE` columns read with binary results.
+#[allow(clippy::too_many_arguments)]
+fn object(
+    name: String,
+    kind: &str,
+    definition: &Value,
+    sql_mode: Option<&Value>,
+    client: &Value,
+    connection: &Value,
+    database_collation: Option<&Value>,
+    table: Option<String>,
+    time_zone: Option<&Value>,
+) -> Object {
+    let mut o = Object {
+        name,
+        kind: kind.into(),
+        create_sql: String::new(),
+        create_sql_hex: None,
+        sql_mode: sql_mode.and_then(opt_s),
+        character_set_client: opt_s(client),
+        collation_connection: opt_s(connection),
+        database_collation: database_collation.and_then(opt_s),
+        table,
+        time_zone: time_zone.and_then(opt_s),
+    };
+    o.set_create_bytes(raw(definition));
+    o
 }
 
 /// Lists the databases to copy.
@@ -195,24 +254,16 @@ pub async fn database(
         let engine = text(&t[2]);
         match ttype.as_str() {
             "VIEW" => {
-                let r = rows(
+                let r = show_create_raw(
                     conn,
                     server,
                     &format!("SHOW CREATE VIEW {}", qualified(db, &name)),
-                    (),
                 )
                 .await?;
-                database.views.push(Object {
-                    name,
-                    kind: "view".into(),
-                    create_sql: text(&r[0][1]),
-                    sql_mode: None,
-                    character_set_client: opt_s(&r[0][2]),
-                    collation_connection: opt_s(&r[0][3]),
-                    database_collation: None,
-                    table: None,
-                    time_zone: None,
-                });
+                let r = &r[0];
+                database.views.push(object(
+                    name, "view", &r[1], None, &r[2], &r[3], None, None, None,
+                ));
             }
             "SEQUENCE" => {
                 let r = rows(
@@ -285,14 +336,16 @@ pub async fn database(
                         collation: opt_s(&c[5]),
                         nullable: text(&c[6]) == "YES",
                         invisible: extra.contains("INVISIBLE"),
+                        auto_increment: extra.contains("auto_increment"),
                         kind,
                         raw_column: None,
+                        index_column: None,
                     });
                 }
                 if versioned && !has_explicit_period {
                     specs.extend(implicit_period_columns());
                 }
-                assign_raw_columns(&mut specs);
+                assign_sidecars(&mut specs);
                 let mut primary_key = pks.get(&name).cloned().unwrap_or_default();
                 if versioned {
                     // The history makes the declared key non-unique; row end completes it.
@@ -350,24 +403,24 @@ pub async fn database(
     .await?
     {
         let name = text(&r[0]);
-        let d = rows(
+        let d = show_create_raw(
             conn,
             server,
             &format!("SHOW CREATE TRIGGER {}", qualified(db, &name)),
-            (),
         )
         .await?;
-        database.triggers.push(Object {
+        let d = &d[0];
+        database.triggers.push(object(
             name,
-            kind: "trigger".into(),
-            sql_mode: opt_s(&d[0][1]),
-            create_sql: text(&d[0][2]),
-            character_set_client: opt_s(&d[0][3]),
-            collation_connection: opt_s(&d[0][4]),
-            database_collation: opt_s(&d[0][5]),
-            table: Some(text(&r[1])),
-            time_zone: None,
-        });
+            "trigger",
+            &d[2],
+            Some(&d[1]),
+            &d[3],
+            &d[4],
+            Some(&d[5]),
+            Some(text(&r[1])),
+            None,
+        ));
     }
 
     // Procedures and functions.
@@ -394,11 +447,10 @@ pub async fn database(
                 })
             }
         };
-        let d = rows(
+        let d = show_create_raw(
             conn,
             server,
             &format!("SHOW CREATE {rtype} {}", qualified(db, &name)),
-            (),
         )
         .await?;
         let Some(def) = d.first() else { continue };
@@ -409,17 +461,17 @@ pub async fn database(
                 grant: "GRANT SELECT ON mysql.proc".into(),
             });
         }
-        database.routines.push(Object {
+        database.routines.push(object(
             name,
-            kind: kind.into(),
-            sql_mode: opt_s(&def[1]),
-            create_sql: text(&def[2]),
-            character_set_client: opt_s(&def[3]),
-            collation_connection: opt_s(&def[4]),
-            database_collation: opt_s(&def[5]),
-            table: None,
-            time_zone: None,
-        });
+            kind,
+            &def[2],
+            Some(&def[1]),
+            &def[3],
+            &def[4],
+            Some(&def[5]),
+            None,
+            None,
+        ));
     }
 
     // Events.
@@ -432,24 +484,24 @@ pub async fn database(
     .await?
     {
         let name = text(&r[0]);
-        let d = rows(
+        let d = show_create_raw(
             conn,
             server,
             &format!("SHOW CREATE EVENT {}", qualified(db, &name)),
-            (),
         )
         .await?;
-        database.events.push(Object {
+        let d = &d[0];
+        database.events.push(object(
             name,
-            kind: "event".into(),
-            sql_mode: opt_s(&d[0][1]),
-            create_sql: text(&d[0][3]),
-            character_set_client: opt_s(&d[0][4]),
-            collation_connection: opt_s(&d[0][5]),
-            database_collation: opt_s(&d[0][6]),
-            table: None,
-            time_zone: opt_s(&d[0][2]),
-        });
+            "event",
+            &d[3],
+            Some(&d[1]),
+            &d[4],
+            &d[5],
+            Some(&d[6]),
+            None,
+            Some(&d[2]),
+        ));
     }
     Ok((database, plans))
 }

@@ -213,7 +213,14 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
     let tp = &ctx.tables[job.table];
     let t = &tp.table;
     let full = format!("{}.{}", tp.db, t.name);
-    let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    // The stored columns, then the member numbers of ENUM and SET columns.
+    let mut cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    cols.extend(
+        t.columns
+            .iter()
+            .filter(|c| c.index_column.is_some())
+            .map(|c| format!("CAST({} AS UNSIGNED)", quote_ident(&c.name))),
+    );
     let mut sql = format!(
         "SELECT {} FROM {}",
         cols.join(", "),

@@ -26,6 +26,10 @@ const SCHEMA: &[&str] = &[
        db_name VARCHAR(64) NOT NULL, table_name VARCHAR(64) NOT NULL, rows_loaded BIGINT UNSIGNED NOT NULL, \
        loaded_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
        PRIMARY KEY (snapshot, path_hash)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    // The replication filter catch-up gave a subset replica (verify checks it).
+    "CREATE TABLE IF NOT EXISTS replseed.replication_filters (\
+       snapshot VARCHAR(128) NOT NULL PRIMARY KEY, wild_do_table TEXT NOT NULL) \
+       ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
 ];
 
 /// The statement that records a loaded chunk, inside its transaction.

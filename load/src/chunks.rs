@@ -11,6 +11,7 @@ use mysql_async::Conn;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use replseed_db::{qualified, quote_ident, Server};
 use replseed_stage::manifest::{Chunk, Table};
+use replseed_stage::types::ColumnKind;
 
 use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
@@ -25,7 +26,7 @@ pub fn load_statement(db: &str, t: &Table) -> String {
     let mut sets = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
         let var = format!("@c{i}");
-        match c.kind.load_conversion(&var) {
+        match c.load_conversion(&var) {
             Some(expr) => {
                 sets.push(format!("{} = {expr}", quote_ident(&c.name)));
                 cols.push(var);
@@ -46,13 +47,20 @@ pub fn load_statement(db: &str, t: &Table) -> String {
     sql
 }
 
+/// What the producer read from a chunk file.
+struct Produced {
+    rows: u64,
+    /// ENUM cells holding the invalid value: each gives one expected warning.
+    invalid_enums: u64,
+}
+
 /// Reads a Parquet file and sends its rows as LOAD DATA text, in pieces.
 fn produce(
     path: PathBuf,
     table: Table,
     key: String,
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-) -> Result<u64, String> {
+) -> Result<Produced, String> {
     let file =
         std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -64,9 +72,11 @@ fn produce(
         TextEncoder::new(&table.columns, reader.schema().as_ref()).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(PIECE + (64 << 10));
     let mut rows = 0u64;
+    let mut invalid_enums = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("decoding {key}: {e}"))?;
         let n = batch.num_rows();
+        invalid_enums += encoder.invalid_enum_cells(&batch, 0, n);
         let mut from = 0;
         while from < n {
             // Encode in slices so that one piece stays near PIECE bytes.
@@ -88,7 +98,44 @@ fn produce(
     if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
         return Err("the server stopped reading the chunk".into());
     }
-    Ok(rows)
+    Ok(Produced {
+        rows,
+        invalid_enums,
+    })
+}
+
+/// The value a LOAD DATA warning is about (`... for column 'c' at row N`),
+/// read back from the chunk file, as `; column `c`, row N: value 'v'`.
+fn warned_value(path: &std::path::Path, table: &Table, message: &str) -> Option<String> {
+    let col = message.split("column '").nth(1)?.split('\'').next()?;
+    let row: usize = message
+        .split("at row ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let index = table.columns.iter().position(|c| c.name == col)?;
+    let file = std::fs::File::open(path).ok()?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .ok()?
+        .build()
+        .ok()?;
+    let encoder = TextEncoder::new(&table.columns, reader.schema().as_ref()).ok()?;
+    let mut skip = row.checked_sub(1)?;
+    for batch in reader {
+        let batch = batch.ok()?;
+        if skip < batch.num_rows() {
+            let v = encoder.value_text(&batch, index, skip);
+            let v = v.map(|v| format!("'{}'", v.chars().take(200).collect::<String>()));
+            return Some(format!(
+                "; column `{col}`, row {row}: value {}",
+                v.unwrap_or_else(|| "NULL".into())
+            ));
+        }
+        skip -= batch.num_rows();
+    }
+    None
 }
 
 /// Loads a chunk file into its table and records it, in one transaction
@@ -103,6 +150,7 @@ pub async fn load_chunk(
     snapshot: &str,
 ) -> Result<u64, LoadError> {
     let transactional = table.transactional;
+    let path = file.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let t2 = table.clone();
     let key = chunk.path.clone();
@@ -127,6 +175,7 @@ pub async fn load_chunk(
     }
     let loaded = conn.query_drop(load_statement(db, table)).await;
     let affected = conn.affected_rows();
+    let warnings = conn.get_warnings();
     let produced = producer.await.expect("producer task");
     if let Err(e) = loaded {
         if transactional {
@@ -144,6 +193,53 @@ pub async fn load_chunk(
         chunk: chunk.path.clone(),
         detail: p,
     })?;
+    let Produced {
+        rows: produced,
+        invalid_enums,
+    } = produced;
+    let shown: Vec<(String, u32, String)> = if warnings > 0 {
+        conn.query("SHOW WARNINGS").await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    // Each ENUM cell holding the invalid value is stored with one warning
+    // 1265 on that column; any other warning means a changed value.
+    let enum_cols: Vec<&str> = table
+        .columns
+        .iter()
+        .filter(|c| c.kind == ColumnKind::Enum && c.index_column.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    let expected = |(_, code, msg): &(String, u32, String)| {
+        *code == 1265
+            && enum_cols
+                .iter()
+                .any(|c| msg.contains(&format!("column '{c}'")))
+    };
+    let only_expected =
+        u64::from(warnings) == invalid_enums.min(u64::from(u16::MAX)) && shown.iter().all(expected);
+    if warnings > 0 && !only_expected {
+        // The server changed a value (truncated, converted, clipped): the
+        // copy would not be exact. Nothing of the chunk stays.
+        if transactional {
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        let first = shown
+            .iter()
+            .find(|w| !expected(w))
+            .or(shown.first())
+            .map(|(_, code, msg)| {
+                let value = warned_value(&path, table, msg).unwrap_or_default();
+                format!("warning {code}: {msg}{value}")
+            });
+        return Err(LoadError::Chunk {
+            chunk: chunk.path.clone(),
+            detail: format!(
+                "the target changed a value while loading ({}; {warnings} warning(s) in all): the target's schema or settings differ from the master's",
+                first.unwrap_or_else(|| "no detail".into())
+            ),
+        });
+    }
     if affected != chunk.rows || produced != chunk.rows {
         let warnings: Vec<(String, u32, String)> = conn
             .query("SHOW WARNINGS LIMIT 5")

@@ -52,12 +52,20 @@ struct ColumnPlan {
 #[error("chunk schema does not match the manifest: {0}")]
 pub struct SchemaMismatch(pub String);
 
+macro_rules! downcast {
+    ($arr:expr, $t:ty) => {
+        $arr.as_any().downcast_ref::<$t>().expect(stringify!($t))
+    };
+}
+
 /// Encodes Arrow batches as the tab-separated text that
 /// `LOAD DATA LOCAL INFILE ... CHARACTER SET binary FIELDS TERMINATED BY '\t'
 /// ESCAPED BY '\\' LINES TERMINATED BY '\n'` reads back into the same values.
 #[derive(Debug, Clone)]
 pub struct TextEncoder {
     plans: Vec<ColumnPlan>,
+    /// Batch columns of the ENUM index sidecars.
+    enum_indexes: Vec<usize>,
 }
 
 /// Appends `bytes` with LOAD DATA escaping (`\0 \t \n \\`).
@@ -103,8 +111,9 @@ impl TextEncoder {
     /// Plans the encoding of `columns` from batches with `schema`.
     pub fn new(columns: &[ColumnSpec], schema: &Schema) -> Result<TextEncoder, SchemaMismatch> {
         let mut plans = Vec::with_capacity(columns.len());
+        let mut enum_indexes = Vec::new();
         for c in columns {
-            let index = schema
+            let mut index = schema
                 .index_of(&c.name)
                 .map_err(|_| SchemaMismatch(format!("column `{}` missing", c.name)))?;
             let field = schema.field(index);
@@ -115,6 +124,22 @@ impl TextEncoder {
                     field.data_type(),
                     c.arrow_type()
                 )));
+            }
+            // An ENUM or SET is loaded by member number, from its index sidecar.
+            if let Some(ix) = &c.index_column {
+                index = schema
+                    .index_of(ix)
+                    .map_err(|_| SchemaMismatch(format!("sidecar `{ix}` missing")))?;
+                if schema.field(index).data_type() != &c.index_type() {
+                    return Err(SchemaMismatch(format!(
+                        "sidecar `{ix}` is {}, expected {}",
+                        schema.field(index).data_type(),
+                        c.index_type()
+                    )));
+                }
+                if c.kind == ColumnKind::Enum {
+                    enum_indexes.push(index);
+                }
             }
             let raw_index = match &c.raw_column {
                 Some(r) => Some(
@@ -130,7 +155,25 @@ impl TextEncoder {
                 raw_index,
             });
         }
-        Ok(TextEncoder { plans })
+        Ok(TextEncoder {
+            plans,
+            enum_indexes,
+        })
+    }
+
+    /// How many ENUM cells of rows `[from, to)` hold the invalid value
+    /// (member number 0): MariaDB stores it only with a warning
+    /// (1265 "Data truncated"), one per cell, which the loader expects.
+    pub fn invalid_enum_cells(&self, batch: &RecordBatch, from: usize, to: usize) -> u64 {
+        self.enum_indexes
+            .iter()
+            .map(|&i| {
+                let a = downcast!(batch.column(i), UInt16Array);
+                (from..to)
+                    .filter(|&r| !a.is_null(r) && a.value(r) == 0)
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// Number of columns encoded.
@@ -197,12 +240,6 @@ impl TextEncoder {
         encode_value(plan.kind, arr.as_ref(), row, &mut out);
         Some(String::from_utf8_lossy(&out).into_owned())
     }
-}
-
-macro_rules! downcast {
-    ($arr:expr, $t:ty) => {
-        $arr.as_any().downcast_ref::<$t>().expect(stringify!($t))
-    };
 }
 
 fn encode_value(kind: ColumnKind, arr: &dyn Array, row: usize, out: &mut Vec<u8>) {

@@ -13,7 +13,8 @@
 //!    chunk is either loaded and recorded, or neither. Every chunk's SHA-256
 //!    is checked before its rows are read.
 //! 4. When a table's chunks are in, its indexes are added in one `ALTER`.
-//! 5. Then sequences (their state), views, routines, triggers and events.
+//! 5. Then sequences (their state), views, routines, triggers and events,
+//!    and last the accounts, roles and grants (`accounts.rs`).
 //!
 //! All sessions run with `sql_log_bin=0`: the load writes no GTIDs of the
 //! target's own, so the replica can take the master's position afterwards.
@@ -30,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod accounts;
 mod bookkeeping;
 pub mod chunks;
 pub mod ddl;
@@ -115,6 +117,8 @@ pub struct LoadPlan {
     pub force: bool,
     /// Directory for downloaded chunks.
     pub spool: PathBuf,
+    /// Create the snapshot's accounts, roles and grants (`--no-accounts`: no).
+    pub accounts: bool,
 }
 
 /// Live counters.
@@ -189,6 +193,24 @@ pub async fn run_following(
     }
 }
 
+/// Checks a target without changing it (what [`run`] checks first): the
+/// target is fit, and without `--force` nothing of the snapshot exists
+/// there. `plan.manifest` may be an extract's preview.
+pub async fn check(plan: &LoadPlan) -> Result<(), LoadError> {
+    let mut conn = session(&plan.target).await?;
+    let checked = preflight(&mut conn, plan).await;
+    let _ = conn.disconnect().await;
+    let conflicts = checked?.conflicts;
+    if !conflicts.is_empty() && !plan.force {
+        return Err(LoadError::Conflicts {
+            server: plan.target.name(),
+            snapshot: plan.manifest.snapshot.clone(),
+            conflicts: conflicts.iter().map(Conflict::describe).collect(),
+        });
+    }
+    Ok(())
+}
+
 async fn run_inner(
     plan: &LoadPlan,
     progress: Arc<Progress>,
@@ -212,7 +234,10 @@ async fn run_inner(
 
     progress.set_phase("preflight");
     let mut conn = session(server).await?;
-    let conflicts = preflight(&mut conn, plan).await?;
+    let preflight::Checked {
+        conflicts,
+        accounts: snapshot_accounts,
+    } = preflight(&mut conn, plan).await?;
     if !conflicts.is_empty() && !plan.force {
         return Err(LoadError::Conflicts {
             server: server.name(),
@@ -247,6 +272,11 @@ async fn run_inner(
 
     progress.set_phase("creating views, routines, triggers, events");
     objects::create_the_rest(&mut conn, server, &m).await?;
+    if let Some(set) = &snapshot_accounts {
+        progress.set_phase("creating accounts");
+        let mut ours = bookkeeping::states(&mut conn, server, &m.snapshot).await?;
+        accounts::create(&mut conn, server, &m.snapshot, set, &mut ours).await?;
+    }
     bookkeeping::finish_run(&mut conn, server, &m.snapshot).await?;
     let _ = conn.disconnect().await;
     progress.set_phase("done");

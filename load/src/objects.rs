@@ -54,6 +54,13 @@ pub async fn replace_conflicts(
 ) -> Result<Vec<String>, LoadError> {
     let mut replaced = Vec::new();
     for Conflict { key, found, .. } in conflicts {
+        if key.kind == "account" {
+            let sql = crate::accounts::drop_statement(key, found);
+            warn!(target = %server.addr(), "--force: {sql}");
+            exec(conn, server, &sql, ()).await?;
+            replaced.push(format!("{found} {}@{}", key.db, key.name));
+            continue;
+        }
         match drop_statement(key, found) {
             Some(sql) => {
                 warn!(target = %server.addr(), "--force: {sql}");
@@ -118,7 +125,7 @@ pub async fn create_tables(
         for t in &d.tables {
             let key = ObjKey::new("table", &d.name, &t.name);
             let split = if ddl::can_defer(t) {
-                ddl::split_indexes(&t.create_sql)
+                ddl::split_table(t)
             } else {
                 ddl::SplitDdl {
                     create: t.create_sql.clone(),
@@ -196,6 +203,23 @@ pub async fn finish_table(
     Ok(())
 }
 
+/// An enabled event's `SHOW CREATE EVENT` text with its status made
+/// `DISABLE ON SLAVE`, as MariaDB's replication marks the events it
+/// replicates: a replica must not run the master's events itself, not even
+/// between its creation and an `ALTER`. The status follows `ON COMPLETION
+/// [NOT] PRESERVE`, which `SHOW CREATE EVENT` always prints.
+pub fn disable_on_slave(mut sql: Vec<u8>) -> Vec<u8> {
+    let needle = b" PRESERVE ENABLE";
+    if let Some(at) = sql.windows(needle.len()).position(|w| w == needle) {
+        let end = at + needle.len();
+        sql.splice(
+            at + b" PRESERVE ".len()..end,
+            b"DISABLE ON SLAVE".iter().copied(),
+        );
+    }
+    sql
+}
+
 /// Runs an object's DDL with `db` as the default database and the session
 /// context the object was created with; the loader's context is restored.
 async fn create_object(
@@ -223,7 +247,13 @@ async fn create_object(
         conn.exec_drop("SET SESSION time_zone=?", (tz,)).await?;
         restore.push("SET SESSION time_zone='+00:00'".to_string());
     }
-    let r = conn.query_drop(o.create_sql.as_str()).await;
+    let mut sql = o
+        .create_bytes()
+        .map_err(|e| mysql_async::Error::Other(e.into()))?;
+    if o.kind == "event" {
+        sql = disable_on_slave(sql);
+    }
+    let r = conn.query_drop(sql).await;
     for s in restore {
         let _ = conn.query_drop(s).await;
     }
@@ -278,15 +308,6 @@ async fn create_objects(
         create_object(conn, server, &d.name, o)
             .await
             .map_err(|e| object_error(format!("{} {}.{}", o.kind, d.name, o.name), &e))?;
-        if o.kind == "event" && o.create_sql.contains(" ENABLE ") {
-            // A replica must not run the master's events itself (MariaDB
-            // marks replicated events this way too).
-            let sql = format!(
-                "ALTER EVENT {} DISABLE ON SLAVE",
-                qualified(&d.name, &o.name)
-            );
-            exec(conn, server, &sql, ()).await?;
-        }
         set_state(conn, server, snapshot, &key, "created").await?;
         ours.insert(key, "created".into());
     }
@@ -321,6 +342,7 @@ async fn create_sequences(
             name: s.name.clone(),
             kind: "sequence".into(),
             create_sql: s.create_sql.clone(),
+            create_sql_hex: None,
             sql_mode: None,
             character_set_client: None,
             collation_connection: None,
@@ -387,4 +409,18 @@ async fn create_views(
         pending = next;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enabled_events_are_created_disabled_on_the_replica() {
+        let sql = b"CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE ENABLE COMMENT ' PRESERVE ENABLE' DO SELECT 1".to_vec();
+        let out = String::from_utf8(disable_on_slave(sql)).unwrap();
+        assert_eq!(out, "CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE DISABLE ON SLAVE COMMENT ' PRESERVE ENABLE' DO SELECT 1");
+        let off = b"CREATE EVENT `e` ON SCHEDULE AT '2026-01-01 00:00:00' ON COMPLETION PRESERVE DISABLE DO SELECT 1".to_vec();
+        assert_eq!(disable_on_slave(off.clone()), off);
+    }
 }

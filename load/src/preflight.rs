@@ -7,8 +7,10 @@ use mysql_async::{Conn, Value};
 use replseed_db::{rows, text, DbError, Server};
 use replseed_stage::manifest::Manifest;
 
+use crate::accounts;
 use crate::bookkeeping::{self, ObjKey};
 use crate::{LoadError, LoadPlan};
+use replseed_db::accounts::AccountSet;
 
 fn version_tuple(v: &str) -> (u32, u32, u32) {
     let mut it = v
@@ -131,6 +133,13 @@ impl Conflict {
         let (kind, found, key) = (&self.kind, &self.found, &self.key);
         if key.kind == "database" {
             format!("database `{}`", key.db)
+        } else if key.kind == "account" && kind == "role" {
+            format!("role `{}` (other grants)", key.db)
+        } else if key.kind == "account" {
+            format!(
+                "account `{}`@`{}` (another definition or other grants)",
+                key.db, key.name
+            )
         } else if found == kind {
             format!("{kind} `{}`.`{}`", key.db, key.name)
         } else {
@@ -139,9 +148,18 @@ impl Conflict {
     }
 }
 
-/// Checks the target without changing it. Returns the conflicting objects
-/// (not counting those this snapshot's earlier, interrupted load created).
-pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Vec<Conflict>, LoadError> {
+/// What preflight found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The conflicting objects (not counting those this snapshot's earlier,
+    /// interrupted load created).
+    pub conflicts: Vec<Conflict>,
+    /// The snapshot's accounts, when the load creates them.
+    pub accounts: Option<AccountSet>,
+}
+
+/// Checks the target without changing it.
+pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Checked, LoadError> {
     let server = &plan.target;
     let m = &plan.manifest;
     let r = rows(
@@ -208,5 +226,13 @@ pub async fn preflight(conn: &mut Conn, plan: &LoadPlan) -> Result<Vec<Conflict>
             }
         }
     }
-    Ok(conflicts)
+    let accounts = accounts::of_snapshot(plan).await?;
+    if let Some(set) = &accounts {
+        accounts::check_plugins(conn, server, set).await?;
+        conflicts.extend(accounts::conflicts(conn, server, set, &ours).await?);
+    }
+    Ok(Checked {
+        conflicts,
+        accounts,
+    })
 }

@@ -7,14 +7,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mysql_async::Conn;
 use replseed_stage::manifest::{Chunk, Manifest};
 use replseed_stage::SnapshotEvent;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::objects::{finish_table, TableToLoad};
 use crate::{chunks, session, LoadError, LoadPlan, Progress};
@@ -48,6 +48,9 @@ enum Item {
     /// Build the table's deferred indexes (all its chunks are in).
     Finish(usize),
 }
+
+/// How often a chunk is retried after a deadlock or lock wait timeout.
+const LOCK_RETRIES: u32 = 5;
 
 type Queue = Arc<tokio::sync::Mutex<UnboundedReceiver<Item>>>;
 type Work = Arc<Mutex<Vec<TableWork>>>;
@@ -278,16 +281,35 @@ async fn load_worker(
                 };
                 let local = plan.stage.fetch_chunk(&chunk, &plan.spool).await?;
                 let t0 = Instant::now();
-                let n = chunks::load_chunk(
-                    &mut conn,
-                    server,
-                    &db,
-                    &table,
-                    &chunk,
-                    local.path.clone(),
-                    &plan.manifest.snapshot,
-                )
-                .await?;
+                let mut attempt = 0;
+                let n = loop {
+                    let r = chunks::load_chunk(
+                        &mut conn,
+                        server,
+                        &db,
+                        &table,
+                        &chunk,
+                        local.path.clone(),
+                        &plan.manifest.snapshot,
+                    )
+                    .await;
+                    match r {
+                        // A deadlock or lock wait timeout rolled the chunk's
+                        // transaction back (its bookkeeping row with it): load
+                        // it again, after the lock holder (often a session of
+                        // an interrupted run, still rolling back) is gone.
+                        Err(LoadError::Db(e))
+                            if table.transactional
+                                && matches!(e.code, Some(1213) | Some(1205))
+                                && attempt < LOCK_RETRIES =>
+                        {
+                            attempt += 1;
+                            warn!(chunk = %chunk.path, attempt, "{}; retrying the chunk", e.message);
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        }
+                        r => break r?,
+                    }
+                };
                 drop(local);
                 debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
                 progress.rows.fetch_add(n, Ordering::Relaxed);

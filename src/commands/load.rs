@@ -34,6 +34,7 @@ pub fn plan(
         threads: opts.threads,
         force: opts.force,
         spool,
+        accounts: !opts.no_accounts,
     })
 }
 

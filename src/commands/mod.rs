@@ -70,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 a.databases.clone(),
                 a.threads,
                 &a.tuning,
+                !a.no_accounts,
             )?;
             let m = extract(plan, bars).await?;
             report_extract(&a, &m.0, m.1);
@@ -91,6 +92,7 @@ pub fn extract_plan(
     databases: Option<Vec<String>>,
     threads: usize,
     tuning: &TuningArgs,
+    accounts: bool,
 ) -> Result<ExtractPlan> {
     if threads == 0 || threads > 256 {
         bail!("--threads must be between 1 and 256");
@@ -127,6 +129,7 @@ pub fn extract_plan(
             ..Default::default()
         },
         lock_free_attempts: tuning.lock_free_attempts,
+        accounts,
         events: None,
     })
 }

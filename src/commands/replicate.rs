@@ -112,7 +112,27 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                 a.databases.clone(),
                 a.opts.threads,
                 &a.tuning,
+                !a.opts.no_accounts,
             )?;
+            // Every target is checked before the master pays for an extract:
+            // a refused target costs it nothing, and a retry finds no
+            // snapshot of the refused run in the stage.
+            let preview = Arc::new(replseed_extract::preview(&plan).await?);
+            let mut refused = Vec::new();
+            for t in &targets {
+                let lplan =
+                    super::load::plan(t, Stage::open(&a.stage.stage)?, preview.clone(), &a.opts)?;
+                if let Err(e) = replseed_load::check(&lplan).await {
+                    refused.push(e.to_string());
+                }
+            }
+            if !refused.is_empty() {
+                anyhow::bail!(
+                    "{}
+nothing was extracted; fix the target(s) and run provision again",
+                    refused.join("\n")
+                );
+            }
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             plan.events = Some(tx);
             let extract = tokio::spawn(super::extract(plan, false));
@@ -197,6 +217,7 @@ pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
         target: Server::parse("target", &a.target)?,
         databases: a.databases.clone(),
         timeout: Duration::from_secs(a.timeout),
+        accounts: !a.no_accounts,
     };
     let r = replseed_catchup::verify::run(plan)
         .await

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <stage root>/<snapshot>/manifest.json
+//! <stage root>/<snapshot>/accounts.json      (users, roles and grants; optional)
 //! <stage root>/<snapshot>/data/<database>/<table>/<job>-<part>.parquet
 //! ```
 //!
@@ -51,6 +52,12 @@ pub fn encode_segment(name: &str) -> String {
 /// Path of a snapshot's manifest, relative to the stage root.
 pub fn manifest_path(snapshot: &str) -> String {
     format!("{snapshot}/{MANIFEST}")
+}
+
+/// Path of a snapshot's accounts (users, roles, grants), relative to the
+/// stage root: an object of its own, so the data can be shared without it.
+pub fn accounts_path(snapshot: &str) -> String {
+    format!("{snapshot}/accounts.json")
 }
 
 /// Path of a chunk file, relative to the stage root. `job` orders the key

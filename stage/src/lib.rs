@@ -32,17 +32,42 @@ pub const SYSTEM_SCHEMAS: &[&str] = &[
     "replseed",
 ];
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_ids_are_valid_and_distinct() {
+        let a = super::default_snapshot_id();
+        let b = super::default_snapshot_id();
+        assert_ne!(a, b);
+        assert!(super::layout::validate_snapshot_id(&a).is_ok(), "{a}");
+        assert_eq!(a.len(), "20261124T210915Z-3fa85c".len());
+    }
+}
+
 /// The current time as RFC 3339 UTC with seconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// A snapshot id made from the current UTC time: `20261124T210915Z`.
+/// A snapshot id made from the current UTC time and a random suffix,
+/// `20261124T210915Z-3fa85c`: ids sort by time, and two extracts started in
+/// the same second (a retry right after a refusal, two cron jobs) do not
+/// collide. The suffix comes from the standard library's per-process random
+/// hash keys, mixed with the time and the process id.
 pub fn default_snapshot_id() -> String {
-    now_rfc3339()
+    use std::hash::{BuildHasher, Hasher};
+    let time: String = now_rfc3339()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
-        .collect()
+        .collect();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    format!("{time}-{:06x}", h.finish() & 0xff_ffff)
 }
 
 /// What an extract reports while it writes a snapshot, so that a loader can

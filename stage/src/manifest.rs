@@ -38,8 +38,29 @@ pub struct Manifest {
     pub settings: Settings,
     /// Databases in creation order, each with its objects.
     pub databases: Vec<Database>,
+    /// The databases the extract was limited to (`--databases`): a replica
+    /// of such a subset replicates only them (replication filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Vec<String>>,
+    /// The master's accounts, roles and grants, staged in their own object
+    /// (absent when the extract ran with `--no-accounts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<StagedFile>,
     /// Totals.
     pub totals: Totals,
+}
+
+/// A staged object other than a chunk, checked like one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StagedFile {
+    /// Path relative to the stage root.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the bytes, hex.
+    pub sha256: String,
+    /// How many entries it holds (accounts and roles).
+    pub count: u64,
 }
 
 /// The source server.
@@ -162,8 +183,15 @@ pub struct Object {
     pub name: String,
     /// Kind: `view`, `trigger`, `procedure`, `function`, `event`.
     pub kind: String,
-    /// `SHOW CREATE ...` output, the object definition.
+    /// `SHOW CREATE ...` output, the object definition. Read with binary
+    /// results: these are the bytes the object was created with, in its
+    /// `character_set_client`. When they are not valid UTF-8 (a latin1
+    /// client, say), this is a lossy rendering for people and the bytes are
+    /// in `create_sql_hex`.
     pub create_sql: String,
+    /// The definition's bytes, hex, when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_sql_hex: Option<String>,
     /// `sql_mode` the object was created with (triggers, routines, events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_mode: Option<String>,
@@ -253,6 +281,33 @@ pub struct KeyRange {
     pub first: Vec<Option<String>>,
     /// Key of the last row.
     pub last: Vec<Option<String>>,
+}
+
+impl Object {
+    /// The definition's bytes, exactly as the master has them.
+    pub fn create_bytes(&self) -> Result<Vec<u8>, String> {
+        match &self.create_sql_hex {
+            Some(h) => hex::decode(h).map_err(|e| {
+                format!("the manifest's create_sql_hex of {} {} is not hex ({e}); the snapshot is damaged", self.kind, self.name)
+            }),
+            None => Ok(self.create_sql.as_bytes().to_vec()),
+        }
+    }
+
+    /// Sets the definition from its bytes (see [`Object::create_sql`]).
+    pub fn set_create_bytes(&mut self, bytes: Vec<u8>) {
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                self.create_sql = text;
+                self.create_sql_hex = None;
+            }
+            Err(e) => {
+                let bytes = e.into_bytes();
+                self.create_sql = String::from_utf8_lossy(&bytes).into_owned();
+                self.create_sql_hex = Some(hex::encode(&bytes));
+            }
+        }
+    }
 }
 
 impl Manifest {

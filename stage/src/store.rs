@@ -25,7 +25,7 @@ use tokio::io::AsyncWrite;
 
 use crate::error::StageError;
 use crate::layout;
-use crate::manifest::{Chunk, Manifest, FORMAT_NAME, FORMAT_VERSION};
+use crate::manifest::{Chunk, Manifest, StagedFile, FORMAT_NAME, FORMAT_VERSION};
 
 /// A stage: the root under which snapshots are stored.
 #[derive(Debug, Clone)]
@@ -359,6 +359,46 @@ impl Stage {
         }
     }
 
+    /// Writes a small object of a snapshot (before it is published) and
+    /// describes it for the manifest.
+    pub async fn put_file(
+        &self,
+        rel: &str,
+        bytes: Vec<u8>,
+        count: u64,
+    ) -> Result<StagedFile, StageError> {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let n = bytes.len() as u64;
+        self.store
+            .put(&self.object_path(rel), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.store_err(rel, e))?;
+        Ok(StagedFile {
+            path: rel.to_string(),
+            bytes: n,
+            sha256,
+            count,
+        })
+    }
+
+    /// Reads a small object of a snapshot and checks it against the manifest.
+    pub async fn read_file(&self, f: &StagedFile) -> Result<Vec<u8>, StageError> {
+        let r = self
+            .store
+            .get(&self.object_path(&f.path))
+            .await
+            .map_err(|e| self.store_err(&f.path, e))?;
+        let bytes = r.bytes().await.map_err(|e| self.store_err(&f.path, e))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if sha != f.sha256 {
+            return Err(StageError::ChunkCorrupt {
+                key: f.path.clone(),
+                reason: format!("SHA-256 is {sha}, the manifest says {}", f.sha256),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// Deletes a snapshot: the manifest first (so it turns invisible at
     /// once), then every object under its prefix. Returns the objects deleted.
     pub async fn delete(&self, id: &str) -> Result<u64, StageError> {
@@ -564,6 +604,19 @@ impl Stage {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+        }
+        if let Some(f) = &manifest.accounts {
+            expected.insert(f.path.clone());
+            match self.read_file(f).await {
+                Ok(_) => report.bytes += f.bytes,
+                Err(StageError::ChunkCorrupt { key, reason }) => {
+                    report.bad.push(format!("{key}: {reason}"))
+                }
+                Err(StageError::Store { key, source, .. }) => {
+                    report.bad.push(format!("{key}: {source}"))
+                }
+                Err(e) => return Err(e),
             }
         }
         let prefix = self.object_path(&manifest.snapshot);

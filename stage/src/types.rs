@@ -37,6 +37,9 @@ pub const META_COLLATION: &str = "mysql.collation";
 pub const META_KIND: &str = "replseed.kind";
 /// Field-metadata key on a sidecar column: the column it completes.
 pub const META_RAW_OF: &str = "replseed.raw_of";
+/// Field-metadata key on an index sidecar column: the ENUM or SET column
+/// whose member numbers it holds.
+pub const META_INDEX_OF: &str = "replseed.index_of";
 
 /// How a MariaDB column is stored.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,7 +85,8 @@ pub enum ColumnKind {
     OtherText,
     /// BINARY/VARBINARY/BLOB: Binary.
     Binary,
-    /// JSON (MariaDB's LONGTEXT with `json_valid`): Utf8, text verbatim.
+    /// JSON (MariaDB's LONGTEXT with `json_valid`) in a UTF-8 character set:
+    /// Utf8, text verbatim. JSON in another character set is `OtherText`.
     Json,
     /// ENUM: the label, Utf8 (or Binary in a non-UTF-8 character set).
     Enum,
@@ -119,9 +123,19 @@ pub struct ColumnSpec {
     /// INVISIBLE column (listed explicitly on read and load).
     #[serde(default)]
     pub invisible: bool,
+    /// AUTO_INCREMENT column (it must lead an index at CREATE time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_increment: bool,
     /// Storage kind.
     #[serde(flatten)]
     pub kind: ColumnKind,
+    /// Name of the index sidecar Parquet column of an ENUM or SET: the
+    /// member number (ENUM, UInt16: 0 is the invalid value that a label
+    /// cannot tell from a `''` member) or bit set (SET, UInt64). The loader
+    /// loads these numbers, so labels, collations and numeric-looking
+    /// labels never matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_column: Option<String>,
     /// Name of the raw sidecar Parquet column, if this kind has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_column: Option<String>,
@@ -174,7 +188,9 @@ impl ColumnKind {
             "timestamp" => ColumnKind::Timestamp,
             "time" => ColumnKind::Time,
             "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
-                if is_json {
+                // JSON is text with a json_valid check; its bytes follow the
+                // column's character set like any other text.
+                if is_json && is_utf8_charset(charset) {
                     ColumnKind::Json
                 } else if charset.is_none() || charset == Some("binary") {
                     ColumnKind::Binary
@@ -231,18 +247,9 @@ impl ColumnKind {
         }
     }
 
-    /// How `LOAD DATA ... CHARACTER SET binary` must assign a field of this
-    /// kind read into the user variable `var` (`@c3`): `None` when the field
-    /// goes straight into the column. INET4, INET6 and UUID take a binary
-    /// field as their binary form, so their text is made a character string
-    /// first.
-    pub fn load_conversion(&self, var: &str) -> Option<String> {
-        match self {
-            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid => {
-                Some(format!("CONVERT({var} USING utf8mb4)"))
-            }
-            _ => None,
-        }
+    /// Whether values of this kind are stored with an index sidecar.
+    pub fn has_index_sidecar(&self) -> bool {
+        matches!(self, ColumnKind::Enum | ColumnKind::Set)
     }
 
     /// Whether values of this kind may need the raw sidecar column.
@@ -317,30 +324,71 @@ impl ColumnSpec {
     }
 }
 
-/// Assigns sidecar names to the columns that need one (`<name>#raw`,
-/// with extra `#` while the name collides with another column).
-pub fn assign_raw_columns(columns: &mut [ColumnSpec]) {
-    let mut taken: std::collections::HashSet<String> =
-        columns.iter().map(|c| c.name.to_lowercase()).collect();
-    for c in columns.iter_mut() {
-        if c.kind.has_raw_sidecar() {
-            let mut name = format!("{}#raw", c.name);
-            while taken.contains(&name.to_lowercase()) {
-                name.insert(0, '#');
+impl ColumnSpec {
+    /// How `LOAD DATA ... CHARACTER SET binary` must assign this column's
+    /// field, read into the user variable `var` (`@c3`): `None` when the
+    /// field goes straight into the column. INET4, INET6 and UUID take a
+    /// binary field as their binary form, so their text is made a character
+    /// string first. An ENUM or SET with an index sidecar is loaded by
+    /// number (see [`ColumnSpec::index_column`]).
+    pub fn load_conversion(&self, var: &str) -> Option<String> {
+        match self.kind {
+            ColumnKind::Inet4 | ColumnKind::Inet6 | ColumnKind::Uuid => {
+                Some(format!("CONVERT({var} USING utf8mb4)"))
             }
-            taken.insert(name.to_lowercase());
-            c.raw_column = Some(name);
+            ColumnKind::Enum | ColumnKind::Set if self.index_column.is_some() => {
+                Some(format!("CAST({var} AS UNSIGNED)"))
+            }
+            _ => None,
+        }
+    }
+
+    /// The Arrow type of the index sidecar.
+    pub fn index_type(&self) -> DataType {
+        match self.kind {
+            ColumnKind::Set => DataType::UInt64,
+            _ => DataType::UInt16,
         }
     }
 }
 
-/// The Arrow schema of a chunk: the natural columns in order, then the sidecars.
+/// Assigns sidecar names to the columns that need them (`<name>#raw`,
+/// `<name>#index`, with extra `#` while a name collides with another column).
+pub fn assign_sidecars(columns: &mut [ColumnSpec]) {
+    let mut taken: std::collections::HashSet<String> =
+        columns.iter().map(|c| c.name.to_lowercase()).collect();
+    let mut name_for = |base: &str, suffix: &str| {
+        let mut name = format!("{base}#{suffix}");
+        while taken.contains(&name.to_lowercase()) {
+            name.insert(0, '#');
+        }
+        taken.insert(name.to_lowercase());
+        name
+    };
+    for c in columns.iter_mut() {
+        if c.kind.has_raw_sidecar() {
+            c.raw_column = Some(name_for(&c.name, "raw"));
+        }
+        if c.kind.has_index_sidecar() {
+            c.index_column = Some(name_for(&c.name, "index"));
+        }
+    }
+}
+
+/// The Arrow schema of a chunk: the natural columns in order, then the raw
+/// sidecars, then the index sidecars.
 pub fn arrow_schema(columns: &[ColumnSpec]) -> SchemaRef {
     let mut fields: Vec<Field> = columns.iter().map(|c| c.arrow_field()).collect();
     for c in columns {
         if let Some(raw) = &c.raw_column {
             let md = HashMap::from([(META_RAW_OF.to_string(), c.name.clone())]);
             fields.push(Field::new(raw, DataType::Utf8, true).with_metadata(md));
+        }
+    }
+    for c in columns {
+        if let Some(index) = &c.index_column {
+            let md = HashMap::from([(META_INDEX_OF.to_string(), c.name.clone())]);
+            fields.push(Field::new(index, c.index_type(), true).with_metadata(md));
         }
     }
     Arc::new(Schema::new(fields))
@@ -377,7 +425,9 @@ pub fn implicit_period_columns() -> Vec<ColumnSpec> {
             collation: None,
             nullable: false,
             invisible: true,
+            auto_increment: false,
             kind: ColumnKind::Timestamp,
+            index_column: None,
             raw_column: None,
         })
         .collect()
