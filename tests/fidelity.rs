@@ -423,3 +423,65 @@ async fn every_enum_and_set_shape_survives_with_its_invalid_values() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_replica_replicates_its_databases_and_reports_a_lost_filter() {
+    let m = master().await;
+    exec(
+        &m,
+        "CREATE DATABASE keep_1; CREATE TABLE keep_1.t (id INT PRIMARY KEY, v INT); \
+         CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY, v INT); \
+         INSERT INTO keep_1.t VALUES (1, 1); INSERT INTO other.t VALUES (1, 1);",
+    )
+    .await;
+    let t = replica(2).await;
+    let (_d, stage) = local_stage();
+    let j = provision(&m, &t, &stage, &["--databases", "keep_1"]).await;
+    assert_eq!(j["ok"], true, "{j}");
+    assert_eq!(
+        scalar(
+            &t,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='other'"
+        )
+        .await,
+        "0"
+    );
+    // Writes inside and outside the subset, DDL included, with any default database.
+    exec(
+        &m,
+        "USE keep_1; INSERT INTO other.t VALUES (2, 2); UPDATE other.t SET v = 3; \
+         INSERT INTO keep_1.t VALUES (2, 2); USE other; INSERT INTO keep_1.t VALUES (3, 3); \
+         CREATE TABLE other.t2 (id INT); ALTER TABLE keep_1.t ADD COLUMN w INT; DROP DATABASE other;",
+    )
+    .await;
+    still_replicating(&m, &t, "INSERT INTO keep_1.t VALUES (4, 4, 4)").await;
+    assert_identical(&m, &t, &["keep_1"]).await;
+    let v = replseed(&verify_args(&m.url(), &t.url()), &[]).await;
+    assert!(
+        v.status.success(),
+        "verify of the subset: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // The filter is lost (as after a restart without it in my.cnf).
+    exec(
+        &t,
+        "STOP SLAVE; SET GLOBAL replicate_wild_do_table=''; START SLAVE",
+    )
+    .await;
+    let id = j["snapshot"].as_str().unwrap();
+    let (mu, tu) = (m.url(), t.url());
+    let err = replseed_fails(&catchup_args(&stage, id, &mu, &tu), &[], 1).await;
+    assert!(
+        err.contains("replicate_wild_do_table = keep\\_1.%"),
+        "{err}"
+    );
+    let out = replseed(&verify_args(&mu, &tu), &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication filter"));
+}

@@ -1,6 +1,7 @@
 //! Integration tests against real servers: throwaway `mariadbd` instances
 //! and an in-process S3 server (see ci/testkit). One binary, many modules.
 
+mod accounts;
 mod common;
 mod consistency;
 mod encode;

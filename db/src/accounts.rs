@@ -244,26 +244,35 @@ pub async fn read(conn: &mut Conn, server: &Server) -> Result<AccountSet, DbErro
     })
 }
 
-/// Gives the `PUBLIC` role exactly `grants` (the caller's session has
-/// `sql_log_bin=0`).
+/// Gives the `PUBLIC` role the grants `want` instead of `have` (the
+/// caller's session has `sql_log_bin=0`): the lines only `have` has are
+/// revoked, those only `want` has are granted.
 pub async fn set_public_grants(
     conn: &mut Conn,
     server: &Server,
-    grants: &[String],
+    have: &[String],
+    want: &[String],
 ) -> Result<(), DbError> {
-    exec(
-        conn,
-        server,
-        "REVOKE ALL PRIVILEGES, GRANT OPTION FROM PUBLIC",
-        (),
-    )
-    .await?;
-    for g in grants {
+    for g in have.iter().filter(|g| !want.contains(g)) {
+        if let Some(revoke) = revoke_line(g) {
+            exec(conn, server, &revoke, ()).await?;
+        }
+    }
+    for g in want.iter().filter(|g| !have.contains(g)) {
         if let Some(line) = privilege_line(g, "PUBLIC") {
             exec(conn, server, &line, ()).await?;
         }
     }
     Ok(())
+}
+
+/// The `REVOKE` that undoes a `GRANT privs ON obj TO grantee` line.
+fn revoke_line(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("GRANT ")?;
+    let to = rest.rfind(" TO ")?;
+    let (what, grantee) = (&rest[..to], &rest[to + 4..]);
+    let grantee = grantee.split(" WITH ").next()?;
+    Some(format!("REVOKE {what} FROM {grantee}"))
 }
 
 #[cfg(test)]
@@ -328,6 +337,10 @@ mod tests {
                 "GRANT USAGE ON *.* TO `r_nested`",
                 "GRANT `r_read` TO `r_nested`"
             ]
+        );
+        assert_eq!(
+            revoke_line("GRANT SELECT, INSERT ON `test`.* TO PUBLIC WITH GRANT OPTION").as_deref(),
+            Some("REVOKE SELECT, INSERT ON `test`.* FROM PUBLIC")
         );
         assert!(is_system_account("root", false));
         assert!(is_system_account("PUBLIC", true));

@@ -176,7 +176,7 @@ pub async fn create(
             })?;
     }
     if let Some(public) = public {
-        accounts::set_public_grants(conn, server, public).await?;
+        accounts::set_public_grants(conn, server, &have.public_grants, public).await?;
     }
     for a in &todo {
         set_state(conn, server, snapshot, &key(a), "created").await?;
