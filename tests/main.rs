@@ -11,6 +11,7 @@ mod fidelity;
 mod interop;
 mod load;
 mod parquet;
+mod replica_source;
 mod roundtrip;
 mod s3;
 mod stage_ops;

@@ -185,6 +185,11 @@ pub async fn check_binlogs(
         gtid: m.position.gtid.clone(),
         detail,
     };
+    if m.source.replica_of.is_some() {
+        // Taken from a replica: its binlog file names mean nothing here;
+        // the master must still have every transaction after the GTID.
+        return check_gtid_available(conn, server, m, &names, purged).await;
+    }
     if !names.contains(&m.position.binlog_file) {
         return Err(purged(format!(
             "its oldest binary log is {}",
@@ -204,6 +209,48 @@ pub async fn check_binlogs(
             "at that offset the master now has GTID '{}': its binary log was reset or replaced since the snapshot",
             at.unwrap_or_default()
         )));
+    }
+    Ok(())
+}
+
+/// `domain -> seq` of a GTID list (`0-1-100,1-1-7`).
+fn seq_by_domain(list: &str) -> HashMap<u32, u64> {
+    list.split(',')
+        .filter_map(|g| {
+            let mut it = g.trim().split('-');
+            let d = it.next()?.parse().ok()?;
+            let _server = it.next()?;
+            let seq = it.next()?.parse().ok()?;
+            Some((d, seq))
+        })
+        .collect()
+}
+
+/// Whether the master's binary logs still start at or before the snapshot's
+/// GTID in every domain.
+async fn check_gtid_available(
+    conn: &mut Conn,
+    server: &Server,
+    m: &Manifest,
+    names: &[String],
+    purged: impl Fn(String) -> CatchupError,
+) -> Result<(), CatchupError> {
+    let Some(oldest) = names.first() else {
+        return Err(purged("it has no binary logs".into()));
+    };
+    let g = first(conn, server, "SELECT BINLOG_GTID_POS(?, 4)", (oldest,)).await?;
+    let start = seq_by_domain(&g.first().map(text).unwrap_or_default());
+    let have = seq_by_domain(&m.position.gtid);
+    for (domain, seq) in start {
+        match have.get(&domain) {
+            Some(s) if *s >= seq => {}
+            got => {
+                return Err(purged(format!(
+                    "its oldest binary log {oldest} starts after GTID {domain}-*-{seq}, and the snapshot is at {} in domain {domain}",
+                    got.map_or("nothing".to_string(), |s| s.to_string())
+                )))
+            }
+        }
     }
     Ok(())
 }

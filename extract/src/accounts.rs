@@ -62,6 +62,27 @@ fn changes_accounts(event_type: &str, info: &str) -> bool {
     }
 }
 
+/// Reads the accounts (no check: the caller holds them still).
+pub async fn read(conn: &mut Conn, server: &Server) -> Result<AccountSet, ExtractError> {
+    accounts::read(conn, server)
+        .await
+        .map_err(|e| privilege_error(server, e))
+}
+
+fn privilege_error(server: &Server, e: replseed_db::DbError) -> ExtractError {
+    match e.code {
+        Some(1142) | Some(1044) => ExtractError::Privilege {
+            server: server.name(),
+            detail: format!(
+                "cannot read the accounts ({}); or extract with --no-accounts",
+                e.message
+            ),
+            grant: "GRANT SELECT ON mysql.*".into(),
+        },
+        _ => e.into(),
+    }
+}
+
 /// Reads the accounts and checks that none changed since the cut at
 /// `file:pos`.
 pub async fn read_at_cut(

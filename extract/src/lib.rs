@@ -29,6 +29,7 @@ mod accounts;
 mod decode;
 mod gtid;
 mod keys;
+mod replica;
 mod schema;
 mod worker;
 
@@ -187,6 +188,17 @@ const WORKER_SETUP: &[&str] = &[
 
 /// Checks that the source can be a master for replseed and describes it.
 pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, ExtractError> {
+    let replica = replica::detect(conn, server).await?;
+    source_info(conn, server, replica.as_ref()).await
+}
+
+/// Describes the source; a master must have the binary log on in ROW
+/// format (a replica's own binary log is not used).
+async fn source_info(
+    conn: &mut Conn,
+    server: &Server,
+    replica: Option<&replica::ReplicaSource>,
+) -> Result<SourceInfo, ExtractError> {
     let r = first(
         conn,
         server,
@@ -202,14 +214,14 @@ pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, E
             detail: format!("server version {version} is not MariaDB; replseed provisions MariaDB replicas from MariaDB masters"),
         });
     }
-    if text(&r[4]) != "1" {
+    if replica.is_none() && text(&r[4]) != "1" {
         return Err(ExtractError::SourceConfig {
             server: server.name(),
             detail: "the binary log is off; start mariadbd with log_bin (and binlog_format=ROW) so that a replica can replicate from the snapshot's position".into(),
         });
     }
     let format = text(&r[5]);
-    if format != "ROW" {
+    if replica.is_none() && format != "ROW" {
         return Err(ExtractError::SourceConfig {
             server: server.name(),
             detail: format!("binlog_format is {format}; set binlog_format=ROW (SET GLOBAL binlog_format='ROW' and in the config file) so that replication from a snapshot is exact"),
@@ -226,6 +238,7 @@ pub async fn preflight(conn: &mut Conn, server: &Server) -> Result<SourceInfo, E
         sql_mode: text(&r[8]),
         charset: text(&r[9]),
         collation: text(&r[10]),
+        replica_of: replica.map(|r| r.masters.clone()),
     })
 }
 
@@ -323,10 +336,13 @@ pub async fn run(
 ) -> Result<Report, ExtractError> {
     // Set once the snapshot id was found free: only then are leftovers ours to remove.
     let claimed = std::sync::atomic::AtomicBool::new(false);
+    // SQL threads of a replica source stopped for the cut (restarted on every path).
+    let paused = Arc::new(Mutex::new(Vec::new()));
     let r = tokio::select! {
-        r = run_inner(&plan, progress, &claimed) => r,
+        r = run_inner(&plan, progress, &claimed, &paused) => r,
         _ = cancel => Err(ExtractError::Interrupted),
     };
+    replica::resume_after_failure(&plan.source, &paused).await;
     if r.is_err() && claimed.load(Ordering::SeqCst) {
         cleanup(&plan).await;
     }
@@ -350,6 +366,7 @@ async fn run_inner(
     plan: &ExtractPlan,
     progress: Arc<Progress>,
     claimed: &std::sync::atomic::AtomicBool,
+    paused: &Arc<Mutex<Vec<String>>>,
 ) -> Result<Report, ExtractError> {
     let started = Instant::now();
     let started_at = replseed_stage::now_rfc3339();
@@ -386,7 +403,8 @@ async fn run_inner(
             "SET SESSION sql_quote_show_create=1",
         ])
         .await?;
-    let source_info = preflight(&mut control, server).await?;
+    let replica = replica::detect(&mut control, server).await?;
+    let source_info = source_info(&mut control, server, replica.as_ref()).await?;
 
     // DDL guard for the whole extract.
     progress.set_phase("locking DDL");
@@ -431,22 +449,37 @@ async fn run_inner(
     for _ in 0..plan.threads {
         workers.push(server.connect(WORKER_SETUP).await?);
     }
+    // On a replica, its SQL threads stand still while the cut is taken.
+    let replica_gtid = match &replica {
+        Some(r) => Some(replica::pause(&mut control, server, r, paused).await?),
+        None => None,
+    };
     let (method, attempts, commit_blocked_ms, positions) = synchronize(&mut workers, plan).await?;
     let (binlog_file, binlog_pos) = positions[0].clone();
-    if binlog_file.is_empty() {
-        return Err(ExtractError::SourceConfig {
-            server: server.name(),
-            detail: "Binlog_snapshot_file is empty: the binary log is not active".into(),
-        });
-    }
-    let gtid::SnapshotGtid { gtid, binlog_state } =
-        gtid::snapshot_gtid(&mut control, server, &binlog_file, binlog_pos).await?;
+    let (gtid, binlog_state, gtid_source) = match replica_gtid {
+        Some(g) => (g, String::new(), replica::GTID_SOURCE.to_string()),
+        None => {
+            if binlog_file.is_empty() {
+                return Err(ExtractError::SourceConfig {
+                    server: server.name(),
+                    detail: "Binlog_snapshot_file is empty: the binary log is not active".into(),
+                });
+            }
+            let g = gtid::snapshot_gtid(&mut control, server, &binlog_file, binlog_pos).await?;
+            (g.gtid, g.binlog_state, gtid::GTID_SOURCE.to_string())
+        }
+    };
     info!(%binlog_file, binlog_pos, %gtid, method = %method, "snapshot opened");
 
     // Accounts, exactly as at the cut, in their own object.
     let staged_accounts = if plan.accounts {
         progress.set_phase("reading accounts");
-        let set = accounts::read_at_cut(&mut control, server, &binlog_file, binlog_pos).await?;
+        let set = if replica.is_some() {
+            // Nothing replicates while the SQL threads are stopped.
+            accounts::read(&mut control, server).await?
+        } else {
+            accounts::read_at_cut(&mut control, server, &binlog_file, binlog_pos).await?
+        };
         let body = serde_json::to_vec_pretty(&set).expect("accounts serialize");
         let rel = replseed_stage::layout::accounts_path(&plan.snapshot);
         Some(
@@ -457,6 +490,7 @@ async fn run_inner(
     } else {
         None
     };
+    replica::resume(&mut control, server, paused).await?;
 
     // Sequences: their row, read inside a snapshot.
     for d in databases.iter_mut() {
@@ -479,7 +513,7 @@ async fn run_inner(
             binlog_file: binlog_file.clone(),
             binlog_pos,
             gtid,
-            gtid_source: gtid::GTID_SOURCE.into(),
+            gtid_source,
             gtid_binlog_state: binlog_state,
         },
         consistency: Consistency {

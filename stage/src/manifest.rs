@@ -84,6 +84,12 @@ pub struct SourceInfo {
     pub charset: String,
     /// Collation of the server.
     pub collation: String,
+    /// Where the snapshot was taken: `None` on a master; on a replica, the
+    /// `host:port` of each master it replicates from. The position's GTID is
+    /// then the replica's `gtid_slave_pos` (the master's transactions it
+    /// had applied), and catch-up connects to the master by GTID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<Vec<String>>,
 }
 
 /// Replication coordinates of the snapshot.
@@ -95,7 +101,9 @@ pub struct Position {
     pub binlog_pos: u64,
     /// `BINLOG_GTID_POS(binlog_file, binlog_pos)`: the GTID position to
     /// replicate from (`gtid_slave_pos` on the replica). Empty when the
-    /// master has never written a GTID.
+    /// master has never written a GTID. For a snapshot taken from a replica:
+    /// the replica's `gtid_slave_pos` at the cut (`binlog_file`/`binlog_pos`
+    /// are then the replica's own, possibly empty).
     pub gtid: String,
     /// How `gtid` was obtained, and why that source (see FORMAT.md).
     pub gtid_source: String,
