@@ -218,6 +218,29 @@ async fn a_differing_account_is_a_conflict_and_force_replaces_exactly_it() {
         "an account outside the snapshot stays"
     );
 
+    // provision refuses a target with a differing account before it extracts.
+    let t4 = server(5, true).await;
+    exec(&t4, "CREATE USER 'ed'@'%' IDENTIFIED BY 'not-the-same'").await;
+    let (_d2, stage2) = local_stage();
+    let err = replseed_fails(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--target",
+            &t4.url(),
+            "--stage",
+            &stage2,
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(
+        err.contains("account `ed`@`%`") && err.contains("nothing was extracted"),
+        "{err}"
+    );
+
     // --no-accounts leaves them out.
     let t2 = server(3, true).await;
     load_ok(&stage, "a1", &t2.url(), &["--no-accounts"]).await;

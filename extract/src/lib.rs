@@ -637,10 +637,12 @@ fn add_tables(databases: &mut [replseed_stage::manifest::Database], tables: &[sc
 }
 
 /// What an extract with `plan` would copy, read without any lock and
-/// without a snapshot: the manifest without position, chunks or totals.
-/// `provision` checks every target against it before the master pays for an
-/// extract.
-pub async fn preview(plan: &ExtractPlan) -> Result<Manifest, ExtractError> {
+/// without a snapshot: the manifest without position, chunks or totals, and
+/// the accounts (when the plan copies them). `provision` checks every target
+/// against it before the master pays for an extract.
+pub async fn preview(
+    plan: &ExtractPlan,
+) -> Result<(Manifest, Option<replseed_db::accounts::AccountSet>), ExtractError> {
     let server = &plan.source;
     let mut conn = server
         .connect(&[
@@ -656,9 +658,14 @@ pub async fn preview(plan: &ExtractPlan) -> Result<Manifest, ExtractError> {
         databases.push(d);
         tables.extend(t);
     }
+    let accounts = if plan.accounts {
+        Some(accounts::read(&mut conn, server).await?)
+    } else {
+        None
+    };
     let _ = conn.disconnect().await;
     add_tables(&mut databases, &tables);
-    Ok(Manifest {
+    let manifest = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
         snapshot: plan.snapshot.clone(),
@@ -692,7 +699,8 @@ pub async fn preview(plan: &ExtractPlan) -> Result<Manifest, ExtractError> {
         subset: plan.databases.clone(),
         accounts: None,
         totals: Totals::default(),
-    })
+    };
+    Ok((manifest, accounts))
 }
 
 /// Waits for every task of `set`; on the first error, aborts the others and

@@ -32,7 +32,13 @@ fn kind(a: &Account) -> &'static str {
 
 /// The snapshot's accounts, unless the load skips them or the snapshot has none.
 pub async fn of_snapshot(plan: &LoadPlan) -> Result<Option<AccountSet>, LoadError> {
-    let (true, Some(f)) = (plan.accounts, &plan.manifest.accounts) else {
+    if !plan.accounts {
+        return Ok(None);
+    }
+    if let Some(preview) = &plan.preview_accounts {
+        return Ok(Some(preview.clone()));
+    }
+    let Some(f) = &plan.manifest.accounts else {
         return Ok(None);
     };
     let bytes = plan.stage.read_file(f).await?;

@@ -119,6 +119,9 @@ pub struct LoadPlan {
     pub spool: PathBuf,
     /// Create the snapshot's accounts, roles and grants (`--no-accounts`: no).
     pub accounts: bool,
+    /// The accounts to check instead of the staged ones (`provision`'s
+    /// check of a target before the extract stages them).
+    pub preview_accounts: Option<replseed_db::accounts::AccountSet>,
 }
 
 /// Live counters.

@@ -35,6 +35,7 @@ pub fn plan(
         force: opts.force,
         spool,
         accounts: !opts.no_accounts,
+        preview_accounts: None,
     })
 }
 

@@ -117,19 +117,20 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
             // Every target is checked before the master pays for an extract:
             // a refused target costs it nothing, and a retry finds no
             // snapshot of the refused run in the stage.
-            let preview = Arc::new(replseed_extract::preview(&plan).await?);
+            let (preview, preview_accounts) = replseed_extract::preview(&plan).await?;
+            let preview = Arc::new(preview);
             let mut refused = Vec::new();
             for t in &targets {
-                let lplan =
+                let mut lplan =
                     super::load::plan(t, Stage::open(&a.stage.stage)?, preview.clone(), &a.opts)?;
+                lplan.preview_accounts = preview_accounts.clone();
                 if let Err(e) = replseed_load::check(&lplan).await {
                     refused.push(e.to_string());
                 }
             }
             if !refused.is_empty() {
                 anyhow::bail!(
-                    "{}
-nothing was extracted; fix the target(s) and run provision again",
+                    "{}\nnothing was extracted; fix the target(s) and run provision again",
                     refused.join("\n")
                 );
             }
