@@ -5,6 +5,13 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Hides the values of every environment fallback from `--help`: they may
+/// hold passwords (`REPLSEED_SOURCE=mysql://u:PASSWORD@...`).
+pub fn hide_env_values(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| a.hide_env_values(true))
+        .mut_subcommands(hide_env_values)
+}
+
 /// Provision MariaDB replicas from a consistent, staged snapshot.
 #[derive(Debug, Parser)]
 #[command(name = "replseed", version, about, long_about = None)]
@@ -20,6 +27,31 @@ pub struct Cli {
     /// No progress bars, even on a terminal.
     #[arg(long, global = true, env = "REPLSEED_NO_PROGRESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_progress: bool,
+
+    /// Option file to read `user` and `password` from (its [client] and
+    /// [replseed] groups), for servers whose URL has no password.
+    #[arg(long, global = true, env = "REPLSEED_DEFAULTS_FILE")]
+    pub defaults_file: Option<std::path::PathBuf>,
+
+    /// File holding the --source password (first line). Also:
+    /// REPLSEED_SOURCE_PASSWORD.
+    #[arg(long, global = true, env = "REPLSEED_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<std::path::PathBuf>,
+
+    /// File holding the --target password. Also: REPLSEED_TARGET_PASSWORD.
+    #[arg(long, global = true, env = "REPLSEED_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<std::path::PathBuf>,
+
+    /// File holding the replication user's password. Also:
+    /// REPLSEED_REPLICATION_PASSWORD.
+    #[arg(long, global = true, env = "REPLSEED_REPLICATION_PASSWORD_FILE")]
+    pub replication_password_file: Option<std::path::PathBuf>,
+
+    /// File holding the stage key (also: REPLSEED_STAGE_KEY): extract signs
+    /// the snapshots it publishes, and load, catchup and provision accept
+    /// signed snapshots only.
+    #[arg(long, global = true, env = "REPLSEED_STAGE_KEY_FILE")]
+    pub stage_key_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -213,8 +245,10 @@ pub struct ReplicationOpts {
     #[arg(long, env = "REPLSEED_REPLICATION_USER")]
     pub replication_user: Option<String>,
 
-    /// Password of the replication user (default: the --source password).
-    #[arg(long, env = "REPLSEED_REPLICATION_PASSWORD", hide_env_values = true)]
+    /// Password of the replication user (prefer REPLSEED_REPLICATION_PASSWORD
+    /// or --replication-password-file: `ps` shows command lines; default:
+    /// the --source password).
+    #[arg(long)]
     pub replication_password: Option<String>,
 
     /// Master host as the replica reaches it (default: the --source host).
@@ -224,6 +258,21 @@ pub struct ReplicationOpts {
     /// Master port as the replica reaches it (default: the --source port).
     #[arg(long, env = "REPLSEED_MASTER_PORT")]
     pub master_port: Option<u16>,
+
+    /// CA file as the replica sees it, for MASTER_SSL_CA (default: the
+    /// --source URL's ssl-ca).
+    #[arg(long, env = "REPLSEED_MASTER_SSL_CA")]
+    pub master_ssl_ca: Option<String>,
+
+    /// Client certificate as the replica sees it, for MASTER_SSL_CERT
+    /// (default: the --source URL's ssl-cert).
+    #[arg(long, env = "REPLSEED_MASTER_SSL_CERT")]
+    pub master_ssl_cert: Option<String>,
+
+    /// Client key as the replica sees it, for MASTER_SSL_KEY (default: the
+    /// --source URL's ssl-key).
+    #[arg(long, env = "REPLSEED_MASTER_SSL_KEY")]
+    pub master_ssl_key: Option<String>,
 
     /// Give up waiting for the replica to catch up after this many seconds (0 = no limit).
     #[arg(long, env = "REPLSEED_CATCHUP_TIMEOUT", default_value_t = 0)]

@@ -15,4 +15,5 @@ mod replica_source;
 mod roundtrip;
 mod s3;
 mod stage_ops;
+mod tls;
 mod workers;

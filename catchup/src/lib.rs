@@ -110,8 +110,80 @@ pub struct CatchupPlan {
     pub master_host: String,
     /// Master port as the replica reaches it.
     pub master_port: u16,
+    /// TLS of the replication link.
+    pub master_tls: MasterTls,
     /// Give up after this long (`None`: wait as long as it takes).
     pub timeout: Option<Duration>,
+}
+
+/// TLS of the replication link: `MASTER_SSL*` of `CHANGE MASTER`, from the
+/// `--source` URL's `ssl-*` settings, with the file paths overridable for
+/// when the replica sees other paths.
+#[derive(Debug, Clone, Default)]
+pub struct MasterTls {
+    /// The mode of the source URL.
+    pub mode: replseed_db::tls::TlsMode,
+    /// MASTER_SSL_CA.
+    pub ca: Option<String>,
+    /// MASTER_SSL_CERT.
+    pub cert: Option<String>,
+    /// MASTER_SSL_KEY.
+    pub key: Option<String>,
+}
+
+impl MasterTls {
+    /// From the source server, with path overrides.
+    pub fn of(
+        source: &Server,
+        ca: Option<String>,
+        cert: Option<String>,
+        key: Option<String>,
+    ) -> MasterTls {
+        let t = source.tls();
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        MasterTls {
+            mode: t.mode,
+            ca: ca.or_else(|| path(&t.ca)),
+            cert: cert.or_else(|| path(&t.cert)),
+            key: key.or_else(|| path(&t.key)),
+        }
+    }
+
+    /// The `CHANGE MASTER` options; `in_use` says whether replseed's own
+    /// session to the master runs over TLS (what `preferred` follows).
+    fn options(&self, in_use: bool) -> String {
+        use replseed_db::tls::TlsMode;
+        let on = match self.mode {
+            TlsMode::Disabled => false,
+            TlsMode::Preferred => in_use,
+            _ => true,
+        };
+        if !on {
+            return ", MASTER_SSL=0".into();
+        }
+        let mut o = String::from(", MASTER_SSL=1");
+        for (k, v) in [
+            ("MASTER_SSL_CA", &self.ca),
+            ("MASTER_SSL_CERT", &self.cert),
+            ("MASTER_SSL_KEY", &self.key),
+        ] {
+            if let Some(v) = v {
+                o.push_str(&format!(", {k}={}", quote_str(v)));
+            }
+        }
+        let verify = self.mode == TlsMode::VerifyIdentity;
+        o.push_str(&format!(
+            ", MASTER_SSL_VERIFY_SERVER_CERT={}",
+            u8::from(verify)
+        ));
+        o
+    }
+}
+
+/// Whether a session runs over TLS.
+async fn tls_in_use(conn: &mut Conn, server: &Server) -> Result<bool, DbError> {
+    let r = first(conn, server, "SHOW SESSION STATUS LIKE 'Ssl_cipher'", ()).await?;
+    Ok(r.get(1).map(text).is_some_and(|c| !c.is_empty()))
 }
 
 /// Live state, for progress.
@@ -279,6 +351,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     let mut master = src.connect(&[]).await?;
     check_binlogs(&mut master, src, m).await?;
     let master_id = text(&first(&mut master, src, "SELECT @@server_id", ()).await?[0]);
+    let master_tls = tls_in_use(&mut master, src).await?;
 
     let mut replica = tgt.connect(&["SET SESSION sql_log_bin=0"]).await?;
     let r = first(
@@ -310,7 +383,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
     let configured = match status.as_deref() {
         Some("done") => {
-            configure(&mut replica, plan).await?;
+            configure(&mut replica, plan, master_tls).await?;
             true
         }
         Some("replicating") => {
@@ -454,7 +527,11 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     })
 }
 
-async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), CatchupError> {
+async fn configure(
+    replica: &mut Conn,
+    plan: &CatchupPlan,
+    master_tls: bool,
+) -> Result<(), CatchupError> {
     let tgt = &plan.target;
     let m = &plan.manifest;
     exec(replica, tgt, "STOP SLAVE", ()).await?;
@@ -475,11 +552,12 @@ async fn configure(replica: &mut Conn, plan: &CatchupPlan) -> Result<(), Catchup
         replica,
         tgt,
         &format!(
-            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5",
+            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=5{}",
             quote_str(&plan.master_host),
             plan.master_port,
             quote_str(&plan.replication_user),
-            quote_str(plan.replication_password.expose_secret())
+            quote_str(plan.replication_password.expose_secret()),
+            plan.master_tls.options(master_tls)
         ),
         (),
     )

@@ -7,6 +7,7 @@
 //!   the driver (`?` placeholders, the binary protocol), so that no value
 //!   is pasted into SQL text. Without parameters they use the text protocol,
 //!   which also runs the statements MariaDB cannot prepare.
+//! * [`tls`]: `ssl-mode` and friends; [`options`]: option files.
 //! * [`quote_ident`], [`qualified`]: identifiers, which cannot be bound.
 //! * [`accounts`]: a server's accounts, roles and grants, to stage,
 //!   compare and replay.
@@ -17,8 +18,10 @@
 
 pub mod accounts;
 mod error;
+pub mod options;
 mod query;
 mod server;
+pub mod tls;
 
 pub use error::{describe, mask_passwords, DbError};
 pub use query::{exec, first, qualified, quote_ident, quote_str, rows, text};

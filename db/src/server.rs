@@ -4,16 +4,18 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
+use crate::tls::{Tls, TlsMode};
 use crate::DbError;
 
-/// A MariaDB server given as `mysql://user:password@host:port`.
+/// A MariaDB server given as `mysql://user[:password]@host:port[?ssl-mode=...]`.
 #[derive(Clone)]
 pub struct Server {
     /// Role in messages: `source`, `target`, ...
     pub role: String,
     opts: Opts,
+    tls: Tls,
 }
 
 impl std::fmt::Debug for Server {
@@ -23,22 +25,77 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Parses a `mysql://` URL.
+    /// Parses a `mysql://` URL; `ssl-*` parameters set the TLS (see
+    /// [`crate::tls`]), the others go to the driver.
     pub fn parse(role: &str, url: &str) -> Result<Server, DbError> {
-        let opts = Opts::from_url(url).map_err(|e| DbError {
+        let bad = |message: String| DbError {
             server: role.to_string(),
             what: "parsing the URL".into(),
-            // The driver's message may quote the URL, password included.
-            message: format!(
-                "{}; expected mysql://user:password@host:port",
-                crate::mask_passwords(&e.to_string()).replace(url, "<url>")
-            ),
+            message,
             code: None,
+        };
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            bad(format!(
+                "{e}; expected mysql://user:password@host:port (the URL is not repeated here: it may hold a password)"
+            ))
+        })?;
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let is_tls = |k: &str| crate::tls::PARAMS.contains(&k.replace('_', "-").as_str());
+        let tls = Tls::from_params(
+            pairs
+                .iter()
+                .filter(|(k, _)| is_tls(k))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(bad)?;
+        let rest: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| !is_tls(k)).collect();
+        if rest.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        let opts = Opts::from_url(parsed.as_str()).map_err(|e| {
+            bad(format!(
+                "{}; expected mysql://user:password@host:port",
+                crate::mask_passwords(&e.to_string()).replace(parsed.as_str(), "<url>")
+            ))
         })?;
         Ok(Server {
             role: role.to_string(),
             opts,
+            tls,
         })
+    }
+
+    /// The same server with this password (from a password file, the
+    /// environment or an option file), unless the URL carries one.
+    pub fn with_password(mut self, password: Option<&SecretString>) -> Server {
+        if self.opts.pass().is_none() {
+            if let Some(p) = password {
+                self.opts = OptsBuilder::from_opts(self.opts)
+                    .pass(Some(p.expose_secret().to_string()))
+                    .into();
+            }
+        }
+        self
+    }
+
+    /// The same server with this user, unless the URL names one.
+    pub fn with_user(mut self, user: Option<&str>) -> Server {
+        if self.opts.user().is_none() {
+            if let Some(u) = user {
+                self.opts = OptsBuilder::from_opts(self.opts).user(Some(u)).into();
+            }
+        }
+        self
+    }
+
+    /// The TLS settings.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     /// `host:port`.
@@ -92,23 +149,61 @@ impl Server {
         }
     }
 
-    /// Opens a session. `setup` statements run right after connecting.
-    pub async fn connect(&self, setup: &[&str]) -> Result<Conn, DbError> {
+    async fn open(&self, tls: bool) -> Result<Conn, DbError> {
         let opts = OptsBuilder::from_opts(self.opts.clone())
             .max_allowed_packet(Some(1 << 30))
             .wait_timeout(Some(28_800))
             .tcp_nodelay(true)
-            .stmt_cache_size(64);
-        let conn = tokio::time::timeout(Duration::from_secs(30), Conn::new(opts)).await;
-        let mut conn = match conn {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(self.err("connecting", &e)),
-            Err(_) => {
-                return Err(self.fail(
-                    "connecting",
-                    "no answer within 30 s; check the host, port and firewall",
-                ))
+            .stmt_cache_size(64)
+            // When TLS is asked for, stay on TCP: the driver would otherwise
+            // switch a local connection to the Unix socket, without TLS.
+            .prefer_socket(!matches!(
+                self.tls.mode,
+                TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity
+            ))
+            .ssl_opts(if tls { self.tls.ssl_opts() } else { None });
+        match tokio::time::timeout(Duration::from_secs(30), Conn::new(opts)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.connect_error(&e)),
+            Err(_) => Err(self.fail(
+                "connecting",
+                "no answer within 30 s; check the host, port and firewall",
+            )),
+        }
+    }
+
+    fn connect_error(&self, e: &mysql_async::Error) -> DbError {
+        let mut err = self.err("connecting", e);
+        let text = e.to_string();
+        if matches!(
+            e,
+            mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+        ) {
+            err.message = "the server does not offer TLS, but ssl-mode asks for it; enable TLS on the server or use ssl-mode=preferred".into();
+        } else if text.contains("certificate")
+            || text.contains("Certificate")
+            || text.contains("tls")
+        {
+            err.message = format!(
+                "{text}; the server's certificate did not pass ssl-mode={:?} (check ssl-ca, and that the certificate names this host)",
+                self.tls.mode
+            );
+        } else if text.contains("plugin") && !matches!(e, mysql_async::Error::Server(_)) {
+            err.message = format!("{text}; this account's authentication plugin is not supported (mysql_native_password, ed25519 and caching_sha2_password are)");
+        }
+        err
+    }
+
+    /// Opens a session. `setup` statements run right after connecting.
+    pub async fn connect(&self, setup: &[&str]) -> Result<Conn, DbError> {
+        let mut conn = match self.open(true).await {
+            Err(e)
+                if self.tls.mode == TlsMode::Preferred
+                    && e.message.starts_with("the server does not offer TLS") =>
+            {
+                self.open(false).await?
             }
+            r => r?,
         };
         for s in setup {
             conn.query_drop(*s)

@@ -535,6 +535,7 @@ async fn run_inner(
         subset: plan.databases.clone(),
         accounts: staged_accounts,
         totals: Totals::default(),
+        signature: None,
     };
     add_tables(&mut skeleton.databases, &tables);
     if let Some(ev) = &plan.events {
@@ -699,6 +700,7 @@ pub async fn preview(
         subset: plan.databases.clone(),
         accounts: None,
         totals: Totals::default(),
+        signature: None,
     };
     Ok((manifest, accounts))
 }

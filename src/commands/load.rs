@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use replseed_db::Server;
 use replseed_load::{LoadPlan, LoadReport, Progress};
 use replseed_stage::{Manifest, Stage};
 
@@ -28,7 +27,7 @@ pub fn plan(
         bail!("--spool-dir {} is not a directory", spool.display());
     }
     Ok(LoadPlan {
-        target: Server::parse("target", target)?,
+        target: super::credentials::server("target", target)?,
         stage,
         manifest,
         threads: opts.threads,
@@ -100,7 +99,7 @@ pub async fn load_following(
 }
 
 pub async fn run(a: LoadArgs, bars: bool) -> Result<ExitCode> {
-    let stage = Stage::open(&a.stage.stage)?;
+    let stage = super::credentials::stage(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
     let plan = plan(&a.target, stage, manifest, &a.opts)?;
     let r = load(plan, bars).await?;

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use replseed_db::Server;
 use replseed_extract::{ExtractPlan, Progress};
-use replseed_stage::{ChunkProps, Manifest, Stage};
+use replseed_stage::{ChunkProps, Manifest};
 
 use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};
 use crate::progress;
 
-pub mod load;
+mod credentials;
+mod load;
 pub mod replicate;
 
 /// An outcome that is not a success but has its own exit code.
@@ -61,6 +61,7 @@ pub async fn shutdown_signal() {
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let bars = !cli.no_progress;
+    credentials::init(&cli)?;
     match cli.command {
         Command::Extract(a) => {
             let plan = extract_plan(
@@ -117,8 +118,8 @@ pub fn extract_plan(
         }
     }
     Ok(ExtractPlan {
-        source: Server::parse("source", source)?,
-        stage: Stage::open(stage)?,
+        source: credentials::server("source", source)?,
+        stage: credentials::stage(stage)?,
         snapshot,
         databases,
         threads,
@@ -209,7 +210,7 @@ fn spool_dir() -> std::path::PathBuf {
 async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
     match cmd {
         SnapshotsCommand::List { stage, json } => {
-            let stage = Stage::open(&stage.stage)?;
+            let stage = credentials::stage(&stage.stage)?;
             let entries = stage.list().await?;
             let mut published = Vec::new();
             let mut incomplete = Vec::new();
@@ -256,7 +257,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SnapshotsCommand::Show { id, stage, json } => {
-            let stage = Stage::open(&stage.stage)?;
+            let stage = credentials::stage(&stage.stage)?;
             let m = stage.resolve(&id).await?;
             if json {
                 let tables: Vec<_> = m
@@ -337,7 +338,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SnapshotsCommand::Verify { id, stage, json } => {
-            let stage = Stage::open(&stage.stage)?;
+            let stage = credentials::stage(&stage.stage)?;
             let m = stage.resolve(&id).await?;
             let r = stage.verify(&m, &spool_dir()).await?;
             for b in &r.bad {
@@ -372,13 +373,13 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
             }
         }
         SnapshotsCommand::Delete { id, stage } => {
-            let stage = Stage::open(&stage.stage)?;
+            let stage = credentials::stage(&stage.stage)?;
             let n = stage.delete(&id).await?;
             eprintln!("deleted snapshot {id} ({n} objects) from {}", stage.url());
             Ok(ExitCode::SUCCESS)
         }
         SnapshotsCommand::Prune { stage, keep, json } => {
-            let stage = Stage::open(&stage.stage)?;
+            let stage = credentials::stage(&stage.stage)?;
             let entries = stage.list().await?;
             let mut published: Vec<&Manifest> =
                 entries.iter().filter_map(|e| e.manifest.as_ref()).collect();

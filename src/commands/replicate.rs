@@ -10,7 +10,7 @@ use serde_json::json;
 use replseed_catchup::verify::VerifyPlan;
 use replseed_catchup::{CatchupPlan, CatchupReport, Progress};
 use replseed_db::Server;
-use replseed_stage::{Manifest, Stage};
+use replseed_stage::Manifest;
 
 use super::{extract_json, print_json, shutdown_signal, Failure};
 use crate::cli::{CatchupArgs, ProvisionArgs, ReplicationOpts, VerifyArgs};
@@ -24,16 +24,25 @@ fn catchup_plan(
 ) -> Result<CatchupPlan> {
     Ok(CatchupPlan {
         source: source.clone(),
-        target: Server::parse("target", target)?,
+        target: super::credentials::server("target", target)?,
         manifest,
         replication_user: r.replication_user.clone().unwrap_or_else(|| source.user()),
-        replication_password: r
-            .replication_password
-            .clone()
-            .map(secrecy::SecretString::from)
-            .unwrap_or_else(|| source.password()),
+        replication_password: match (
+            &r.replication_password,
+            super::credentials::password("replication")?,
+        ) {
+            (Some(p), _) => secrecy::SecretString::from(p.clone()),
+            (None, Some(p)) => p,
+            (None, None) => source.password(),
+        },
         master_host: r.master_host.clone().unwrap_or_else(|| source.host()),
         master_port: r.master_port.unwrap_or_else(|| source.port()),
+        master_tls: replseed_catchup::MasterTls::of(
+            source,
+            r.master_ssl_ca.clone(),
+            r.master_ssl_cert.clone(),
+            r.master_ssl_key.clone(),
+        ),
         timeout: (r.catchup_timeout > 0).then(|| Duration::from_secs(r.catchup_timeout)),
     })
 }
@@ -59,9 +68,9 @@ async fn catchup_one(plan: CatchupPlan, bars: bool) -> Result<CatchupReport> {
 }
 
 pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
-    let stage = Stage::open(&a.stage.stage)?;
+    let stage = super::credentials::stage(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
-    let source = Server::parse("source", &a.source)?;
+    let source = super::credentials::server("source", &a.source)?;
     let plan = catchup_plan(&source, &a.target, manifest, &a.replication)?;
     let r = catchup_one(plan, bars).await?;
     if a.json {
@@ -71,10 +80,10 @@ pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
 }
 
 pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
-    let source = Server::parse("source", &a.source)?;
+    let source = super::credentials::server("source", &a.source)?;
     let mut targets = Vec::new();
     for t in &a.targets {
-        let s = Server::parse("target", t)?;
+        let s = super::credentials::server("target", t)?;
         if s.addr() == source.addr() {
             anyhow::bail!("--target {} is the --source itself", s.addr());
         }
@@ -85,14 +94,19 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
     let (manifest, extract_summary) = match &a.snapshot {
         Some(id) => {
             // Reuse a published snapshot: every target loads it, then catches up.
-            let stage = Stage::open(&a.stage.stage)?;
+            let stage = super::credentials::stage(&a.stage.stage)?;
             let m = Arc::new(stage.resolve(id).await?);
             eprintln!(
                 "reusing snapshot {} (GTID '{}')",
                 m.snapshot, m.position.gtid
             );
             for t in &targets {
-                let lplan = super::load::plan(t, Stage::open(&a.stage.stage)?, m.clone(), &a.opts)?;
+                let lplan = super::load::plan(
+                    t,
+                    super::credentials::stage(&a.stage.stage)?,
+                    m.clone(),
+                    &a.opts,
+                )?;
                 let cplan = catchup_plan(&source, t, m.clone(), &a.replication)?;
                 tasks.push(tokio::spawn(async move {
                     let l = super::load::load(lplan, bars && !many).await?;
@@ -121,8 +135,12 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
             let preview = Arc::new(preview);
             let mut refused = Vec::new();
             for t in &targets {
-                let mut lplan =
-                    super::load::plan(t, Stage::open(&a.stage.stage)?, preview.clone(), &a.opts)?;
+                let mut lplan = super::load::plan(
+                    t,
+                    super::credentials::stage(&a.stage.stage)?,
+                    preview.clone(),
+                    &a.opts,
+                )?;
                 lplan.preview_accounts = preview_accounts.clone();
                 if let Err(e) = replseed_load::check(&lplan).await {
                     refused.push(e.to_string());
@@ -145,7 +163,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                     senders.push(ttx);
                     let lplan = super::load::plan(
                         t,
-                        Stage::open(&a.stage.stage)?,
+                        super::credentials::stage(&a.stage.stage)?,
                         skeleton.clone(),
                         &a.opts,
                     )?;
@@ -176,7 +194,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
     let mut results = Vec::new();
     let mut failed = 0;
     for (t, h) in a.targets.iter().zip(tasks) {
-        let addr = Server::parse("target", t)?.addr();
+        let addr = super::credentials::server("target", t)?.addr();
         match h.await.expect("provision task panicked") {
             Ok((l, c)) => results.push(json!({
                 "target": addr, "ok": true, "rows": l.rows, "chunks_loaded": l.chunks_loaded,
@@ -214,8 +232,8 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
 
 pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let plan = VerifyPlan {
-        source: Server::parse("source", &a.source)?,
-        target: Server::parse("target", &a.target)?,
+        source: super::credentials::server("source", &a.source)?,
+        target: super::credentials::server("target", &a.target)?,
         databases: a.databases.clone(),
         timeout: Duration::from_secs(a.timeout),
         accounts: !a.no_accounts,

@@ -64,6 +64,14 @@ pub enum StageError {
         /// Why.
         reason: String,
     },
+    /// A manifest's signature is missing or wrong (a stage key is set).
+    #[error("manifest `{key}`: {reason}")]
+    BadSignature {
+        /// Object key.
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// A chunk whose bytes, checksum or row count do not match the manifest.
     #[error("chunk `{key}` is corrupt: {reason}; the snapshot must be re-extracted")]
     ChunkCorrupt {

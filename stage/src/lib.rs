@@ -15,6 +15,7 @@
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod signing;
 pub mod store;
 pub mod types;
 

@@ -48,6 +48,10 @@ pub struct Manifest {
     pub accounts: Option<StagedFile>,
     /// Totals.
     pub totals: Totals,
+    /// `hmac-sha256:<hex>` of the manifest without this field, when the
+    /// extract had a stage key (see `signing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// A staged object other than a chunk, checked like one.

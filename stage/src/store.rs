@@ -34,6 +34,7 @@ pub struct Stage {
     root: Path,
     url: String,
     local_root: Option<PathBuf>,
+    key: Option<crate::signing::StageKey>,
 }
 
 /// State of a snapshot id in a stage.
@@ -117,6 +118,7 @@ impl Stage {
                         .to_string(),
                     root: prefix,
                     local_root: None,
+                    key: None,
                 })
             }
             ObjectStoreScheme::Local => {
@@ -155,7 +157,15 @@ impl Stage {
             root: Path::default(),
             url: format!("file://{}", dir.display()),
             local_root: Some(dir),
+            key: None,
         })
+    }
+
+    /// The same stage with a key: manifests published are signed, and
+    /// manifests read must carry a valid signature.
+    pub fn with_key(mut self, key: Option<crate::signing::StageKey>) -> Stage {
+        self.key = key;
+        self
     }
 
     /// The canonical URL of the stage.
@@ -304,6 +314,9 @@ impl Stage {
                 reason: format!("it names snapshot `{}`", m.snapshot),
             });
         }
+        if let Some(k) = &self.key {
+            k.verify(&m, &key)?;
+        }
         Ok(m)
     }
 
@@ -337,6 +350,15 @@ impl Stage {
     /// create-only, so an existing snapshot is never overwritten.
     pub async fn publish(&self, manifest: &Manifest) -> Result<(), StageError> {
         let key = layout::manifest_path(&manifest.snapshot);
+        let mut signed;
+        let manifest = match &self.key {
+            Some(k) => {
+                signed = manifest.clone();
+                k.sign(&mut signed);
+                &signed
+            }
+            None => manifest,
+        };
         let body = serde_json::to_vec_pretty(manifest).map_err(|e| StageError::BadManifest {
             key: key.clone(),
             reason: e.to_string(),

@@ -39,6 +39,20 @@ pub struct MariaDbOptions {
     pub buffer_pool_mb: u32,
     /// Extra `--option=value` arguments for `mariadbd`.
     pub extra_args: Vec<String>,
+    /// Serve TLS with these files, and accept nothing else
+    /// (`require_secure_transport=ON`).
+    pub tls_only: Option<TlsFiles>,
+}
+
+/// A server's TLS files (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed `cert`.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl Default for MariaDbOptions {
@@ -51,6 +65,7 @@ impl Default for MariaDbOptions {
             log_bin: true,
             buffer_pool_mb: 128,
             extra_args: Vec::new(),
+            tls_only: None,
         }
     }
 }
@@ -60,6 +75,8 @@ impl Default for MariaDbOptions {
 pub struct MariaDb {
     /// TCP port on 127.0.0.1.
     pub port: u16,
+    /// Whether the server accepts TLS connections only.
+    pub tls_only: bool,
     /// `server_id` of the instance.
     pub server_id: u32,
     /// Directory holding `data/`, `mariadbd.sock`, `error.log`.
@@ -248,6 +265,12 @@ impl MariaDb {
             for a in &opts.extra_args {
                 cmd.arg(a);
             }
+            if let Some(t) = &opts.tls_only {
+                cmd.arg(format!("--ssl-ca={}", t.ca.display()))
+                    .arg(format!("--ssl-cert={}", t.cert.display()))
+                    .arg(format!("--ssl-key={}", t.key.display()))
+                    .arg("--require-secure-transport=ON");
+            }
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
@@ -259,6 +282,7 @@ impl MariaDb {
             let child = cmd.spawn().context("spawning mariadbd")?;
             let mut db = MariaDb {
                 port,
+                tls_only: opts.tls_only.is_some(),
                 server_id: opts.server_id,
                 dir: dir.clone(),
                 child: Some(child),
@@ -331,9 +355,17 @@ impl MariaDb {
         }
     }
 
-    /// `mysql://root@127.0.0.1:PORT` (root has no password in a sandbox).
+    /// `mysql://root@127.0.0.1:PORT` (root has no password in a sandbox);
+    /// for a TLS-only server, with TLS asked of the driver (unverified).
     pub fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}", self.port)
+        if self.tls_only {
+            format!(
+                "mysql://root@127.0.0.1:{}?require_ssl=true&verify_ca=false&verify_identity=false&prefer_socket=false",
+                self.port
+            )
+        } else {
+            format!("mysql://root@127.0.0.1:{}", self.port)
+        }
     }
 
     /// A new connection as root.

@@ -95,6 +95,7 @@ async fn main() -> Result<()> {
                 log_bin: true,
                 buffer_pool_mb,
                 extra_args: opts,
+                tls_only: None,
             })
             .await?;
             println!("{}", db.url());
