@@ -167,3 +167,80 @@ async fn unreachable_or_unauthorized_bucket_fails_before_touching_the_master() {
     }
     assert_eq!(scalar(&master, "SELECT @@gtid_binlog_pos").await, before);
 }
+
+/// Files of in-flight multipart uploads in an s3s-fs root.
+fn open_uploads(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_s3_extract_leaves_no_multipart_upload_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(Some(root.path().to_path_buf()), 0)
+        .await
+        .unwrap();
+    let bucket = bucket_name();
+    s3.create_bucket(&bucket).unwrap();
+    let m = master().await;
+    // Incompressible rows, so that chunks outgrow the 8 MiB upload buffer
+    // and go up as multipart uploads.
+    exec(
+        &m,
+        "CREATE DATABASE mp; USE mp; CREATE TABLE t (id INT PRIMARY KEY, b VARBINARY(2000)); \
+         INSERT INTO t SELECT seq, RANDOM_BYTES(1024) FROM seq_1_to_150000;",
+    )
+    .await;
+    let stage = format!("s3://{bucket}/mp");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"));
+    cmd.args([
+        "extract",
+        "--source",
+        &m.url(),
+        "--stage",
+        &stage,
+        "--snapshot",
+        "cut",
+        "--threads",
+        "2",
+        "--chunk-mb",
+        "64",
+    ])
+    .env("REPLSEED_NO_PROGRESS", "1")
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let mut seen = false;
+    for _ in 0..1500 {
+        if !open_uploads(root.path()).is_empty() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen, "no multipart upload started");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted; nothing was published"), "{err}");
+    assert_eq!(
+        open_uploads(root.path()),
+        Vec::<String>::new(),
+        "multipart uploads left behind"
+    );
+    let list = replseed_ok(
+        &["snapshots", "list", "--stage", &stage, "--json"],
+        &s3.env(),
+    )
+    .await;
+    assert!(!list.to_string().contains("cut"), "{list}");
+}

@@ -350,6 +350,7 @@ pub async fn run(
 }
 
 async fn cleanup(plan: &ExtractPlan) {
+    plan.stage.settle_uploads().await;
     if let Ok(SnapshotState::Incomplete) = plan.stage.state(&plan.snapshot).await {
         match plan.stage.delete(&plan.snapshot).await {
             Ok(n) => {

@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod signing;
 pub mod store;
 pub mod types;
+mod upload;
 
 pub use error::StageError;
 pub use manifest::Manifest;

@@ -11,7 +11,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
-use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -35,7 +34,11 @@ pub struct Stage {
     url: String,
     local_root: Option<PathBuf>,
     key: Option<crate::signing::StageKey>,
+    /// Aborts of unfinished uploads, spawned when a chunk writer is dropped.
+    aborts: Aborts,
 }
+
+use crate::upload::{Aborts, UploadSink};
 
 /// State of a snapshot id in a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +105,15 @@ impl Stage {
                 if bucket.is_empty() {
                     return Err(bad("no bucket name; use s3://bucket/prefix"));
                 }
-                let store = AmazonS3Builder::from_env()
+                // S3 verifies a SHA-256 of every upload (unless
+                // AWS_CHECKSUM_ALGORITHM says otherwise); server-side
+                // encryption comes from AWS_SERVER_SIDE_ENCRYPTION,
+                // AWS_SSE_KMS_KEY_ID and AWS_SSE_BUCKET_KEY_ENABLED.
+                let mut builder = AmazonS3Builder::from_env();
+                if std::env::var_os("AWS_CHECKSUM_ALGORITHM").is_none() {
+                    builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+                }
+                let store = builder
                     .with_url(parsed.as_str())
                     .with_retry(object_store::RetryConfig {
                         backoff: Default::default(),
@@ -119,6 +130,7 @@ impl Stage {
                     root: prefix,
                     local_root: None,
                     key: None,
+                    aborts: Aborts::default(),
                 })
             }
             ObjectStoreScheme::Local => {
@@ -138,10 +150,16 @@ impl Stage {
 
     /// A local directory stage, created if missing.
     fn open_dir(url: &str, dir: PathBuf) -> Result<Stage, StageError> {
+        let created = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(|e| StageError::Unreachable {
             url: url.to_string(),
             reason: format!("cannot create directory {}: {e}", dir.display()),
         })?;
+        if created {
+            // A stage holds data and password hashes: owner only.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
         let dir = dir.canonicalize().map_err(|e| StageError::Unreachable {
             url: url.to_string(),
             reason: format!("{}: {e}", dir.display()),
@@ -158,6 +176,7 @@ impl Stage {
             url: format!("file://{}", dir.display()),
             local_root: Some(dir),
             key: None,
+            aborts: Aborts::default(),
         })
     }
 
@@ -466,8 +485,11 @@ impl Stage {
         props: &ChunkProps,
     ) -> Result<ChunkWriter, StageError> {
         let sink = HashingWriter {
-            inner: BufWriter::with_capacity(self.store.clone(), self.object_path(rel), 8 << 20)
-                .with_max_concurrency(2),
+            inner: UploadSink::new(
+                self.store.clone(),
+                self.object_path(rel),
+                self.aborts.clone(),
+            ),
             state: Arc::new(Mutex::new((Sha256::new(), 0))),
         };
         let state = sink.state.clone();
@@ -483,6 +505,26 @@ impl Stage {
             rows: 0,
             state,
         })
+    }
+
+    /// Waits until the uploads of dropped, unfinished chunk writers are
+    /// aborted (a failed or interrupted extract leaves no multipart upload
+    /// behind, which S3 would keep and bill without listing it).
+    pub async fn settle_uploads(&self) {
+        let mut quiet_rounds = 0;
+        while quiet_rounds < 3 {
+            let pending: Vec<_> = std::mem::take(&mut *self.aborts.lock().expect("aborts"));
+            if pending.is_empty() {
+                quiet_rounds += 1;
+                // Workers being cancelled drop their writers a moment later.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            quiet_rounds = 0;
+            for h in pending {
+                let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+            }
+        }
     }
 
     /// Reads a chunk's bytes into a local file, checking size and SHA-256
@@ -802,7 +844,7 @@ impl ChunkWriter {
 
 /// AsyncWrite adapter that hashes and counts what it passes on.
 struct HashingWriter {
-    inner: BufWriter,
+    inner: UploadSink,
     state: Arc<Mutex<(Sha256, u64)>>,
 }
 
