@@ -192,6 +192,18 @@ async fn an_ed25519_account_connects() {
     let src = format!("mysql://edx:ed-pw@127.0.0.1:{}", m.port);
     let j = extract_ok(&src, &stage, "ed1", &["--json"]).await;
     assert_eq!(j["rows"], 1, "{j}");
+    // An account whose plugin replseed does not speak is named in one line.
+    exec(
+        &m,
+        "INSTALL SONAME 'auth_pam'; CREATE USER 'pamu'@'%' IDENTIFIED VIA pam",
+    )
+    .await;
+    let err = extract_fails(&format!("mysql://pamu:x@127.0.0.1:{}", m.port), &stage, &[]).await;
+    assert!(
+        err.contains("plugin `dialog`") || err.contains("plugin `pam"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,7 +175,13 @@ impl Server {
     fn connect_error(&self, e: &mysql_async::Error) -> DbError {
         let mut err = self.err("connecting", e);
         let text = e.to_string();
-        if matches!(
+        if let mysql_async::Error::Driver(mysql_async::DriverError::UnknownAuthPlugin { name }) = e
+        {
+            err.message = format!(
+                "the account `{}` authenticates with the plugin `{name}`, which replseed does not support (mysql_native_password and ed25519 are); give replseed an account with one of those",
+                self.user()
+            );
+        } else if matches!(
             e,
             mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
         ) {
@@ -188,8 +194,6 @@ impl Server {
                 "{text}; the server's certificate did not pass ssl-mode={:?} (check ssl-ca, and that the certificate names this host)",
                 self.tls.mode
             );
-        } else if text.contains("plugin") && !matches!(e, mysql_async::Error::Server(_)) {
-            err.message = format!("{text}; this account's authentication plugin is not supported (mysql_native_password, ed25519 and caching_sha2_password are)");
         }
         err
     }

@@ -22,6 +22,13 @@ fn catchup_plan(
     manifest: Arc<Manifest>,
     r: &ReplicationOpts,
 ) -> Result<CatchupPlan> {
+    if r.replication_user.is_none() {
+        tracing::warn!(
+            "the replica will connect to the master as `{}`, the --source user, and keep its password in master.info; \
+             give replication a user of its own with only REPLICATION SLAVE (--replication-user, REPLSEED_REPLICATION_PASSWORD)",
+            source.user()
+        );
+    }
     Ok(CatchupPlan {
         source: source.clone(),
         target: super::credentials::server("target", target)?,
