@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what replseed needs on a fresh Debian/Ubuntu machine: MariaDB
-# (server and client) always; with `tests`, pyarrow and DuckDB (pip); with
+# (server and client) always; with `tests`, openssl and pyarrow and DuckDB (pip); with
 # `bench`, mydumper, sysbench and mariadb-backup. Safe to run again: it
 # installs only what is missing.
 set -euo pipefail
@@ -11,6 +11,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+# The TLS tests make their CA and certificates with openssl.
+[[ " $* " == *" tests "* ]] && ! command -v openssl >/dev/null 2>&1 && missing+=(openssl)
 for extra in "$@"; do
   case "$extra" in
     bench)

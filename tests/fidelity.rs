@@ -29,24 +29,6 @@ async fn provision(m: &MariaDb, t: &MariaDb, stage: &str, extra: &[&str]) -> ser
     replseed_ok(&args, &[]).await
 }
 
-/// The master writes again and the replica applies it (replication is running).
-async fn still_replicating(m: &MariaDb, t: &MariaDb, sql: &str) {
-    exec(m, sql).await;
-    let goal = scalar(m, "SELECT @@gtid_binlog_pos").await;
-    let reached = scalar(t, &format!("SELECT MASTER_GTID_WAIT('{goal}', 60)")).await;
-    assert_eq!(reached, "0", "replica did not reach {goal}");
-    let io_sql = {
-        let mut c = t.conn().await.unwrap();
-        let r: Vec<mysql_async::Row> = c.query("SHOW SLAVE STATUS").await.unwrap();
-        let r = &r[0];
-        (
-            r.get::<String, _>("Slave_IO_Running").unwrap(),
-            r.get::<String, _>("Slave_SQL_Running").unwrap(),
-        )
-    };
-    assert_eq!(io_sql, ("Yes".into(), "Yes".into()));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_tenant_auto_increment_keys_load_and_replicate() {
     let m = master().await;

@@ -149,8 +149,8 @@ impl MasterTls {
         }
     }
 
-    /// The `CHANGE MASTER` options; `in_use` says whether replseed's own
-    /// session to the master runs over TLS (what `preferred` follows).
+    /// The `CHANGE MASTER` options; `in_use` says whether the master offers
+    /// TLS (what `preferred` follows).
     fn options(&self, in_use: bool) -> String {
         use replseed_db::tls::TlsMode;
         let on = match self.mode {
@@ -180,10 +180,14 @@ impl MasterTls {
     }
 }
 
-/// Whether a session runs over TLS.
+/// Whether the master offers TLS (what `ssl-mode=preferred` follows for
+/// the replication link; replseed's own session may have gone over the
+/// Unix socket).
 async fn tls_in_use(conn: &mut Conn, server: &Server) -> Result<bool, DbError> {
-    let r = first(conn, server, "SHOW SESSION STATUS LIKE 'Ssl_cipher'", ()).await?;
-    Ok(r.get(1).map(text).is_some_and(|c| !c.is_empty()))
+    let r = first(conn, server, "SELECT @@GLOBAL.have_ssl", ()).await?;
+    Ok(r.first()
+        .map(text)
+        .is_some_and(|v| v.eq_ignore_ascii_case("YES")))
 }
 
 /// Live state, for progress.

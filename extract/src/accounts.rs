@@ -91,19 +91,7 @@ pub async fn read_at_cut(
     file: &str,
     pos: u64,
 ) -> Result<AccountSet, ExtractError> {
-    let set = accounts::read(conn, server)
-        .await
-        .map_err(|e| match e.code {
-            Some(1142) | Some(1044) => ExtractError::Privilege {
-                server: server.name(),
-                detail: format!(
-                    "cannot read the accounts ({}); or extract with --no-accounts",
-                    e.message
-                ),
-                grant: "GRANT SELECT ON mysql.*".into(),
-            },
-            _ => e.into(),
-        })?;
+    let set = read(conn, server).await?;
     if let Some(change) = first_change_since(conn, server, file, pos).await? {
         return Err(ExtractError::Inconsistent {
             server: server.name(),

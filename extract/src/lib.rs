@@ -147,6 +147,41 @@ pub struct ExtractPlan {
     pub events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
 }
 
+impl ExtractPlan {
+    /// The manifest of this plan's snapshot before any chunk: what a
+    /// loader that follows the extract (or checks a target first) needs.
+    fn skeleton(
+        &self,
+        source: SourceInfo,
+        position: Position,
+        consistency: Consistency,
+        databases: Vec<replseed_stage::manifest::Database>,
+    ) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            snapshot: self.snapshot.clone(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            source,
+            position,
+            consistency,
+            settings: Settings {
+                chunk_rows: self.chunk_rows,
+                chunk_bytes: self.chunk_bytes,
+                compression: self.props.compression_name(),
+                threads: self.threads as u32,
+            },
+            databases,
+            subset: self.databases.clone(),
+            accounts: None,
+            totals: Totals::default(),
+            signature: None,
+        }
+    }
+}
+
 /// Live counters, for progress bars and logs.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -502,22 +537,16 @@ async fn run_inner(
 
     // The manifest as it will be published, without chunks: a loader that
     // follows can create everything now.
-    let mut skeleton = Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        snapshot: plan.snapshot.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        started_at,
-        finished_at: String::new(),
-        source: source_info,
-        position: Position {
+    let mut skeleton = plan.skeleton(
+        source_info,
+        Position {
             binlog_file: binlog_file.clone(),
             binlog_pos,
             gtid,
             gtid_source,
             gtid_binlog_state: binlog_state,
         },
-        consistency: Consistency {
+        Consistency {
             method,
             attempts,
             workers: plan.threads as u32,
@@ -526,18 +555,10 @@ async fn run_inner(
             ddl_blocked_ms: 0,
             non_transactional_tables: non_transactional,
         },
-        settings: Settings {
-            chunk_rows: plan.chunk_rows,
-            chunk_bytes: plan.chunk_bytes,
-            compression: plan.props.compression_name(),
-            threads: plan.threads as u32,
-        },
         databases,
-        subset: plan.databases.clone(),
-        accounts: staged_accounts,
-        totals: Totals::default(),
-        signature: None,
-    };
+    );
+    skeleton.started_at = started_at;
+    skeleton.accounts = staged_accounts;
     add_tables(&mut skeleton.databases, &tables);
     if let Some(ev) = &plan.events {
         let _ = ev.send(Event::Started(Arc::new(skeleton.clone())));
@@ -667,22 +688,16 @@ pub async fn preview(
     };
     let _ = conn.disconnect().await;
     add_tables(&mut databases, &tables);
-    let manifest = Manifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        snapshot: plan.snapshot.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        started_at: String::new(),
-        finished_at: String::new(),
+    let manifest = plan.skeleton(
         source,
-        position: Position {
+        Position {
             binlog_file: String::new(),
             binlog_pos: 0,
             gtid: String::new(),
             gtid_source: String::new(),
             gtid_binlog_state: String::new(),
         },
-        consistency: Consistency {
+        Consistency {
             method: "preview".into(),
             attempts: 0,
             workers: 0,
@@ -691,18 +706,8 @@ pub async fn preview(
             ddl_blocked_ms: 0,
             non_transactional_tables: Vec::new(),
         },
-        settings: Settings {
-            chunk_rows: plan.chunk_rows,
-            chunk_bytes: plan.chunk_bytes,
-            compression: plan.props.compression_name(),
-            threads: plan.threads as u32,
-        },
         databases,
-        subset: plan.databases.clone(),
-        accounts: None,
-        totals: Totals::default(),
-        signature: None,
-    };
+    );
     Ok((manifest, accounts))
 }
 

@@ -13,7 +13,9 @@ use std::task::{ready, Context, Poll};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload, PutPayloadMut, WriteMultipart,
+};
 use tokio::io::AsyncWrite;
 
 /// Bytes kept before an object becomes a multipart upload, and part size.
@@ -27,10 +29,11 @@ pub type Aborts = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 type Result<T> = object_store::Result<T>;
 
 enum State {
-    Buffering(Vec<u8>),
+    /// Bytes kept in blocks (no reallocation, no copy on the way out).
+    Buffering(PutPayloadMut),
     Creating(
         BoxFuture<'static, Result<Box<dyn MultipartUpload>>>,
-        Vec<u8>,
+        PutPayload,
     ),
     Uploading(WriteMultipart),
     Finishing(BoxFuture<'static, Result<()>>),
@@ -55,12 +58,12 @@ impl UploadSink {
         UploadSink {
             store,
             path,
-            state: State::Buffering(Vec::new()),
+            state: State::Buffering(PutPayloadMut::new()),
             aborts,
         }
     }
 
-    fn start_upload(&mut self, buf: Vec<u8>) {
+    fn start_upload(&mut self, buf: PutPayload) {
         let (store, path) = (self.store.clone(), self.path.clone());
         let create = async move { store.put_multipart(&path).await }.boxed();
         self.state = State::Creating(create, buf);
@@ -71,7 +74,9 @@ impl UploadSink {
         if let State::Creating(create, buf) = &mut self.state {
             let upload = ready!(create.poll_unpin(cx)).map_err(io)?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-            w.write(buf);
+            for bytes in std::mem::take(buf) {
+                w.put(bytes);
+            }
             self.state = State::Uploading(w);
         }
         Poll::Ready(Ok(()))
@@ -89,8 +94,8 @@ impl AsyncWrite for UploadSink {
         match &mut this.state {
             State::Buffering(b) => {
                 b.extend_from_slice(buf);
-                if b.len() >= PART {
-                    let b = std::mem::take(b);
+                if b.content_length() >= PART {
+                    let b = std::mem::take(b).freeze();
                     this.start_upload(b);
                 }
                 Poll::Ready(Ok(buf.len()))
@@ -116,8 +121,7 @@ impl AsyncWrite for UploadSink {
                 State::Buffering(b) => {
                     let (store, path) = (this.store.clone(), this.path.clone());
                     this.state = State::Finishing(
-                        async move { store.put(&path, PutPayload::from(b)).await.map(|_| ()) }
-                            .boxed(),
+                        async move { store.put(&path, b.freeze()).await.map(|_| ()) }.boxed(),
                     );
                 }
                 State::Uploading(w) => {

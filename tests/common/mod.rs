@@ -320,3 +320,21 @@ pub fn catchup_args<'a>(
 pub fn verify_args<'a>(source: &'a str, target: &'a str) -> Vec<&'a str> {
     vec!["verify", "--source", source, "--target", target]
 }
+
+/// The master writes again and the replica applies it (replication is running).
+pub async fn still_replicating(m: &MariaDb, t: &MariaDb, sql: &str) {
+    exec(m, sql).await;
+    let goal = scalar(m, "SELECT @@gtid_binlog_pos").await;
+    let reached = scalar(t, &format!("SELECT MASTER_GTID_WAIT('{goal}', 60)")).await;
+    assert_eq!(reached, "0", "replica did not reach {goal}");
+    let io_sql = {
+        let mut c = t.conn().await.unwrap();
+        let r: Vec<mysql_async::Row> = c.query("SHOW SLAVE STATUS").await.unwrap();
+        let r = &r[0];
+        (
+            r.get::<String, _>("Slave_IO_Running").unwrap(),
+            r.get::<String, _>("Slave_SQL_Running").unwrap(),
+        )
+    };
+    assert_eq!(io_sql, ("Yes".into(), "Yes".into()));
+}
