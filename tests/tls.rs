@@ -157,7 +157,15 @@ async fn verify_identity_fails_cleanly_against_a_certificate_for_another_host() 
     .await;
     assert!(err.contains("certificate"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    // A CA that did not sign the certificate fails verify-ca.
+    // The same certificate passes verify-ca (the CA signed it), and a CA
+    // that did not sign it fails verify-ca.
+    extract_ok(
+        &url(&m, &format!("ssl-mode=verify-ca&ssl-ca={ca}")),
+        &stage,
+        "ok1",
+        &[],
+    )
+    .await;
     let other = tempfile::tempdir().unwrap();
     let other_files = make_certs(other.path(), "IP:127.0.0.1");
     let err = extract_fails(

@@ -149,7 +149,11 @@ impl Server {
         }
     }
 
-    async fn open(&self, tls: bool) -> Result<Conn, DbError> {
+    /// `name`: the name the server's certificate must carry, when it is not
+    /// the host connected to (see [`certified_name`]).
+    async fn open(&self, tls: bool, name: Option<String>) -> Result<Conn, DbError> {
+        let ssl = if tls { self.tls.ssl_opts() } else { None };
+        let ssl = ssl.map(|o| o.with_danger_tls_hostname_override(name));
         let opts = OptsBuilder::from_opts(self.opts.clone())
             .max_allowed_packet(Some(1 << 30))
             .wait_timeout(Some(28_800))
@@ -161,7 +165,7 @@ impl Server {
                 self.tls.mode,
                 TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity
             ))
-            .ssl_opts(if tls { self.tls.ssl_opts() } else { None });
+            .ssl_opts(ssl);
         match tokio::time::timeout(Duration::from_secs(30), Conn::new(opts)).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(self.connect_error(&e)),
@@ -200,13 +204,19 @@ impl Server {
 
     /// Opens a session. `setup` statements run right after connecting.
     pub async fn connect(&self, setup: &[&str]) -> Result<Conn, DbError> {
-        let mut conn = match self.open(true).await {
+        let mut conn = match self.open(true, None).await {
             Err(e)
                 if self.tls.mode == TlsMode::Preferred
                     && e.message.starts_with("the server does not offer TLS") =>
             {
-                self.open(false).await?
+                self.open(false, None).await?
             }
+            Err(e) if self.tls.mode == TlsMode::VerifyCa => match certified_name(&e.message) {
+                // The chain passed (rustls checks it before the name): connect
+                // again, checking the certificate fully for the name it carries.
+                Some(name) => self.open(true, Some(name)).await?,
+                None => return Err(e),
+            },
             r => r?,
         };
         for s in setup {
@@ -215,5 +225,41 @@ impl Server {
                 .map_err(|e| self.err(format!("running `{s}`"), &e))?;
         }
         Ok(conn)
+    }
+}
+
+/// For `verify-ca`: the name to check the server's certificate for, out of
+/// a rustls error that says the certificate was valid, but for other names.
+///
+/// rustls verifies the chain before the name, so this error means the CA
+/// signed the certificate. mysql_async 0.37 cannot skip only the name check
+/// (it looks for text that rustls 0.23 no longer prints), so the connection
+/// is made again with one of the certificate's own names: chain and name are
+/// then both checked, which is what `verify-ca` promises.
+fn certified_name(message: &str) -> Option<String> {
+    let rest = message.split("certificate is only valid for ").nth(1)?;
+    rest.split("DnsName(\"").skip(1).find_map(|part| {
+        let name = part.split("\")").next()?;
+        // A wildcard name is checked with a name it covers.
+        let name = match name.strip_prefix("*.") {
+            Some(base) => format!("replseed-verify-ca.{base}"),
+            None => name.to_string(),
+        };
+        (!name.is_empty()).then_some(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certified_names_come_from_the_certificate() {
+        let m = "connecting: invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"db1.example\") or DnsName(\"*.db.example\")";
+        assert_eq!(super::certified_name(m).as_deref(), Some("db1.example"));
+        let w = "certificate is only valid for DnsName(\"*.db.example\")";
+        assert_eq!(
+            super::certified_name(w).as_deref(),
+            Some("replseed-verify-ca.db.example")
+        );
+        assert_eq!(super::certified_name("unknown issuer"), None);
     }
 }

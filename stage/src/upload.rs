@@ -18,8 +18,10 @@ use object_store::{
 };
 use tokio::io::AsyncWrite;
 
-/// Bytes kept before an object becomes a multipart upload, and part size.
-const PART: usize = 8 << 20;
+/// Bytes kept before an object becomes a multipart upload.
+const BUFFER: usize = 8 << 20;
+/// Part size of a multipart upload (S3's minimum).
+const PART: usize = 5 << 20;
 /// Parts uploading at once per object.
 const IN_FLIGHT: usize = 2;
 
@@ -94,7 +96,7 @@ impl AsyncWrite for UploadSink {
         match &mut this.state {
             State::Buffering(b) => {
                 b.extend_from_slice(buf);
-                if b.content_length() >= PART {
+                if b.content_length() >= BUFFER {
                     let b = std::mem::take(b).freeze();
                     this.start_upload(b);
                 }
