@@ -337,48 +337,53 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
         .map(|s| s == "Yes")
         .unwrap_or(false)
         && st.get("Using_Gtid").map(|s| s != "No").unwrap_or(false);
-    let (method, gtid) = if replicating {
-        // Stop first, so that the replica cannot be past the master's snapshot.
-        r.query_drop("STOP SLAVE")
+    // From here on, a replica stopped for the comparison replicates again
+    // on every exit path, errors included.
+    let pinned_and_compared = async {
+        let (method, gtid) = if replicating {
+            // Stop first, so that the replica cannot be past the master's snapshot.
+            r.query_drop("STOP SLAVE")
+                .await
+                .map_err(|e| tgt.err("STOP SLAVE", &e))?;
+            let g = snapshot_gtid(&mut m, src).await?;
+            // UNTIL master_gtid_pos needs both threads stopped.
+            pin_replica(&mut r, tgt, &g, plan.timeout).await?;
+            info!(gtid = %g, "replica stopped at the master's snapshot GTID");
+            (
+                format!("replica stopped at the master's snapshot GTID '{g}'"),
+                Some(g),
+            )
+        } else {
+            snapshot_gtid(&mut m, src).await?;
+            (
+                "direct: the target is not replicating; both sides read in a consistent snapshot as they are".to_string(),
+                None,
+            )
+        };
+        r.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await
-            .map_err(|e| tgt.err("STOP SLAVE", &e))?;
-        let g = snapshot_gtid(&mut m, src).await?;
-        // UNTIL master_gtid_pos needs both threads stopped.
-        pin_replica(&mut r, tgt, &g, plan.timeout).await?;
-        info!(gtid = %g, "replica stopped at the master's snapshot GTID");
-        (
-            format!("replica stopped at the master's snapshot GTID '{g}'"),
-            Some(g),
+            .map_err(|e| tgt.err("opening a consistent snapshot", &e))?;
+        let mut result = compare(
+            &mut m,
+            &mut r,
+            src,
+            tgt,
+            &dbs,
+            replicating.then_some(plan.timeout),
         )
-    } else {
-        snapshot_gtid(&mut m, src).await?;
-        (
-            "direct: the target is not replicating; both sides read in a consistent snapshot as they are".to_string(),
-            None,
-        )
-    };
-    r.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-        .await
-        .map_err(|e| tgt.err("opening a consistent snapshot", &e))?;
-
-    let mut result = compare(
-        &mut m,
-        &mut r,
-        src,
-        tgt,
-        &dbs,
-        replicating.then_some(plan.timeout),
-    )
-    .await;
-    if let Ok((_, _, _, diffs)) = &mut result {
-        diffs.extend(filter_problem);
-        if plan.accounts {
-            match compare_accounts(&mut m, &mut r, src, tgt).await {
-                Ok(d) => diffs.extend(d),
-                Err(e) => result = Err(e),
+        .await;
+        if let Ok((_, _, _, diffs)) = &mut result {
+            diffs.extend(filter_problem);
+            if plan.accounts {
+                match compare_accounts(&mut m, &mut r, src, tgt).await {
+                    Ok(d) => diffs.extend(d),
+                    Err(e) => result = Err(e),
+                }
             }
         }
+        result.map(|r| (method, gtid, r))
     }
+    .await;
     let _ = r.query_drop("COMMIT").await;
     if replicating {
         let _ = r.query_drop("STOP SLAVE").await;
@@ -387,7 +392,7 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
             .map_err(|e| tgt.err("START SLAVE", &e))?;
     }
     let _ = m.query_drop("COMMIT").await;
-    let (tables, rows_n, objects_n, differences) = result?;
+    let (method, gtid, (tables, rows_n, objects_n, differences)) = pinned_and_compared?;
     Ok(VerifyReport {
         method,
         gtid,

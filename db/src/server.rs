@@ -158,6 +158,9 @@ impl Server {
             .max_allowed_packet(Some(1 << 30))
             .wait_timeout(Some(28_800))
             .tcp_nodelay(true)
+            // Keepalives, so that an idle session (the extract's control
+            // connection holding the backup lock) is not cut by a firewall.
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .stmt_cache_size(64)
             // When TLS is asked for, stay on TCP: the driver would otherwise
             // switch a local connection to the Unix socket, without TLS.
