@@ -122,19 +122,7 @@ async fn accounts_are_copied_and_account_statements_keep_replicating() {
     exec(&m, ACCOUNTS_SQL).await;
     let t = server(2, true).await;
     let (_d, stage) = local_stage();
-    replseed_ok(
-        &[
-            "provision",
-            "--source",
-            &m.url(),
-            "--target",
-            &t.url(),
-            "--stage",
-            &stage,
-        ],
-        &[],
-    )
-    .await;
+    provision_ok(&m, &t, &stage, &[]).await;
     assert_same_accounts(&m, &t).await;
     // Nothing of the replica's own in its binary log.
     assert_eq!(scalar(&t, "SELECT @@gtid_binlog_pos").await, "");
@@ -169,20 +157,7 @@ async fn a_differing_account_is_a_conflict_and_force_replaces_exactly_it() {
     )
     .await;
     let before = accounts(&t).await;
-    let err = replseed_fails(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "a1",
-            "--target",
-            &t.url(),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = load_fails(&stage, "a1", &t.url(), &[]).await;
     assert!(err.contains("account `app`@`10.0.%`"), "{err}");
     assert!(!err.contains("`keep`"), "{err}");
     assert_eq!(accounts(&t).await, before, "nothing changed on a refusal");
@@ -234,20 +209,7 @@ async fn a_differing_account_is_a_conflict_and_force_replaces_exactly_it() {
 
     // A target without the plugin an account needs is refused before any change.
     let t3 = server(4, false).await;
-    let err = replseed_fails(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "a1",
-            "--target",
-            &t3.url(),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = load_fails(&stage, "a1", &t3.url(), &[]).await;
     assert!(
         err.contains("ed25519") && err.contains("--no-accounts"),
         "{err}"

@@ -10,25 +10,6 @@ use mysql_async::prelude::Queryable;
 
 use crate::common::*;
 
-async fn provision(m: &MariaDb, t: &MariaDb, stage: &str, extra: &[&str]) -> serde_json::Value {
-    let (mu, tu) = (m.url(), t.url());
-    let args = [
-        &[
-            "provision",
-            "--source",
-            &mu,
-            "--target",
-            &tu,
-            "--stage",
-            stage,
-            "--json",
-        ][..],
-        extra,
-    ]
-    .concat();
-    replseed_ok(&args, &[]).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_tenant_auto_increment_keys_load_and_replicate() {
     let m = master().await;
@@ -45,7 +26,7 @@ async fn multi_tenant_auto_increment_keys_load_and_replicate() {
     .await;
     let t = replica(2).await;
     let (_d, stage) = local_stage();
-    provision(&m, &t, &stage, &[]).await;
+    provision_ok(&m, &t, &stage, &[]).await;
     assert_identical(&m, &t, &["mt"]).await;
     still_replicating(
         &m,
@@ -101,7 +82,7 @@ async fn definitions_from_non_utf8_clients_are_byte_identical() {
     }
     let t = replica(2).await;
     let (_d, stage) = local_stage();
-    provision(&m, &t, &stage, &[]).await;
+    provision_ok(&m, &t, &stage, &[]).await;
     assert_identical(&m, &t, &["cs"]).await;
     // The raw definitions, and what information_schema makes of them.
     let raw = "SET character_set_results=binary; SELECT 1";
@@ -198,7 +179,7 @@ async fn json_in_a_non_utf8_column_is_copied() {
     .await;
     let t = replica(2).await;
     let (_d, stage) = local_stage();
-    provision(&m, &t, &stage, &[]).await;
+    provision_ok(&m, &t, &stage, &[]).await;
     assert_identical(&m, &t, &["js"]).await;
 }
 
@@ -219,7 +200,7 @@ async fn an_enabled_event_never_runs_on_the_replica() {
     .await
     .unwrap();
     let (_d, stage) = local_stage();
-    provision(&m, &t, &stage, &[]).await;
+    provision_ok(&m, &t, &stage, &[]).await;
     assert_eq!(
         scalar(
             &t,
@@ -264,20 +245,7 @@ async fn a_value_the_target_would_change_stops_the_load_naming_it() {
     )
     .unwrap();
     let t = replica(2).await;
-    let err = replseed_fails(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "w1",
-            "--target",
-            &t.url(),
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = load_fails(&stage, "w1", &t.url(), &[]).await;
     assert!(err.contains("w1/data/wv/t/"), "names the chunk: {err}");
     assert!(err.contains("`note`"), "names the column: {err}");
     assert!(err.contains("a rather long note"), "names the value: {err}");
@@ -376,7 +344,7 @@ async fn every_enum_and_set_shape_survives_with_its_invalid_values() {
     );
     let t = replica(2).await;
     let (dir, stage) = local_stage();
-    let j = provision(&m, &t, &stage, &[]).await;
+    let j = provision_ok(&m, &t, &stage, &[]).await;
     assert_identical(&m, &t, &["en"]).await;
     let numbers = "SELECT GROUP_CONCAT(CONCAT_WS(':', id, a+0, b+0, n+0, q+0, l+0, cs+0, s+0, t+0, w+0) ORDER BY id) FROM en.e";
     assert_eq!(scalar(&t, numbers).await, scalar(&m, numbers).await);
@@ -418,7 +386,7 @@ async fn a_subset_replica_replicates_its_databases_and_reports_a_lost_filter() {
     .await;
     let t = replica(2).await;
     let (_d, stage) = local_stage();
-    let j = provision(&m, &t, &stage, &["--databases", "keep_1"]).await;
+    let j = provision_ok(&m, &t, &stage, &["--databases", "keep_1"]).await;
     assert_eq!(j["ok"], true, "{j}");
     assert_eq!(
         scalar(

@@ -39,22 +39,7 @@ async fn a_failing_load_worker_stops_the_others() {
     std::fs::write(&file, &bytes).unwrap();
 
     let t = replica(2).await;
-    let err = replseed_fails(
-        &[
-            "load",
-            "--stage",
-            &stage,
-            "--snapshot",
-            "w1",
-            "--target",
-            &t.url(),
-            "--threads",
-            "2",
-        ],
-        &[],
-        1,
-    )
-    .await;
+    let err = load_fails(&stage, "w1", &t.url(), &["--threads", "2"]).await;
     assert!(err.contains(&victim), "the corrupt chunk is named: {err}");
     let loaded: u64 = scalar(&t, "SELECT COUNT(*) FROM replseed.load_chunks")
         .await

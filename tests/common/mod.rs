@@ -338,3 +338,46 @@ pub async fn still_replicating(m: &MariaDb, t: &MariaDb, sql: &str) {
     };
     assert_eq!(io_sql, ("Yes".into(), "Yes".into()));
 }
+
+/// `replseed provision --source M --target T --stage STAGE --json EXTRA...`, asserting success.
+pub async fn provision_ok(
+    m: &MariaDb,
+    t: &MariaDb,
+    stage: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let (mu, tu) = (m.url(), t.url());
+    let args = [
+        &[
+            "provision",
+            "--source",
+            &mu,
+            "--target",
+            &tu,
+            "--stage",
+            stage,
+            "--json",
+        ][..],
+        extra,
+    ]
+    .concat();
+    replseed_ok(&args, &[]).await
+}
+
+/// `replseed load --stage STAGE --snapshot ID --target TARGET EXTRA...`, asserting exit 1; returns stderr.
+pub async fn load_fails(stage: &str, id: &str, target: &str, extra: &[&str]) -> String {
+    let args = [
+        &[
+            "load",
+            "--stage",
+            stage,
+            "--snapshot",
+            id,
+            "--target",
+            target,
+        ][..],
+        extra,
+    ]
+    .concat();
+    replseed_fails(&args, &[], 1).await
+}
