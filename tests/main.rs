@@ -7,6 +7,7 @@ mod consistency;
 mod encode;
 mod errors;
 mod examples;
+mod faults;
 mod fidelity;
 mod interop;
 mod load;

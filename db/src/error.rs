@@ -12,6 +12,8 @@ pub struct DbError {
     pub message: String,
     /// MariaDB error code, when the server sent one.
     pub code: Option<u16>,
+    /// Whether trying again can cure it (see [`crate::retry`]).
+    pub transient: bool,
 }
 
 /// Turns a driver error into a message, with advice for the common cases.

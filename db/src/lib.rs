@@ -8,6 +8,7 @@
 //!   is pasted into SQL text. Without parameters they use the text protocol,
 //!   which also runs the statements MariaDB cannot prepare.
 //! * [`tls`]: `ssl-mode` and friends; [`options`]: option files.
+//! * [`retry`]: which errors are transient, and the backoff between tries.
 //! * [`quote_ident`], [`qualified`]: identifiers, which cannot be bound.
 //! * [`accounts`]: a server's accounts, roles and grants, to stage,
 //!   compare and replay.
@@ -20,6 +21,7 @@ pub mod accounts;
 mod error;
 pub mod options;
 mod query;
+pub mod retry;
 mod server;
 pub mod tls;
 

@@ -33,6 +33,7 @@ impl Server {
             what: "parsing the URL".into(),
             message,
             code: None,
+            transient: false,
         };
         let mut parsed = url::Url::parse(url).map_err(|e| {
             bad(format!(
@@ -136,6 +137,7 @@ impl Server {
             what: what.into(),
             message,
             code,
+            transient: crate::retry::is_transient(e),
         }
     }
 
@@ -146,6 +148,7 @@ impl Server {
             what: what.into(),
             message: message.into(),
             code: None,
+            transient: false,
         }
     }
 
@@ -172,10 +175,13 @@ impl Server {
         match tokio::time::timeout(Duration::from_secs(30), Conn::new(opts)).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(self.connect_error(&e)),
-            Err(_) => Err(self.fail(
-                "connecting",
-                "no answer within 30 s; check the host, port and firewall",
-            )),
+            Err(_) => Err(DbError {
+                transient: true,
+                ..self.fail(
+                    "connecting",
+                    "no answer within 30 s; check the host, port and firewall",
+                )
+            }),
         }
     }
 

@@ -139,7 +139,8 @@ fn warned_value(path: &std::path::Path, table: &Table, message: &str) -> Option<
 }
 
 /// Loads a chunk file into its table and records it, in one transaction
-/// (for a transactional table). Returns the rows loaded.
+/// (for a transactional table). Returns the rows loaded, or `None` when an
+/// earlier try of this chunk had committed it.
 pub async fn load_chunk(
     conn: &mut Conn,
     server: &Server,
@@ -148,8 +149,33 @@ pub async fn load_chunk(
     chunk: &Chunk,
     file: PathBuf,
     snapshot: &str,
-) -> Result<u64, LoadError> {
+) -> Result<Option<u64>, LoadError> {
     let transactional = table.transactional;
+    let what = |s: &str| format!("{s} chunk `{}` into {db}.{}", chunk.path, table.name);
+    let record = (
+        snapshot,
+        &chunk.path,
+        &chunk.path,
+        db,
+        &table.name,
+        chunk.rows,
+    );
+    if transactional {
+        conn.query_drop("START TRANSACTION")
+            .await
+            .map_err(|e| server.err(what("starting the transaction for"), &e))?;
+        // The chunk's progress row first: a second try of a chunk whose
+        // first try is still open on the server (its connection cut) waits
+        // here for it, and finds the row (1062) if that try committed. So a
+        // retried chunk is loaded exactly once.
+        if let Err(e) = conn.exec_drop(RECORD_CHUNK, record).await {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return match &e {
+                mysql_async::Error::Server(s) if s.code == 1062 => Ok(None),
+                _ => Err(server.err(what("recording"), &e).into()),
+            };
+        }
+    }
     let path = file.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let t2 = table.clone();
@@ -167,15 +193,13 @@ pub async fn load_chunk(
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
         Ok(stream.boxed())
     });
-    let what = |s: &str| format!("{s} chunk `{}` into {db}.{}", chunk.path, table.name);
-    if transactional {
-        conn.query_drop("START TRANSACTION")
-            .await
-            .map_err(|e| server.err(what("starting the transaction for"), &e))?;
-    }
     let loaded = conn.query_drop(load_statement(db, table)).await;
     let affected = conn.affected_rows();
     let warnings = conn.get_warnings();
+    // A statement that failed before it read the file (its connection lost)
+    // leaves the handler, and with it the producer's channel, in the
+    // session: replace it, so that the producer stops.
+    conn.set_infile_handler(async { Ok(futures::stream::empty().boxed()) });
     let produced = producer.await.expect("producer task");
     if let Err(e) = loaded {
         if transactional {
@@ -256,21 +280,14 @@ pub async fn load_chunk(
             ),
         });
     }
-    let record = (
-        snapshot,
-        &chunk.path,
-        &chunk.path,
-        db,
-        &table.name,
-        chunk.rows,
-    );
-    conn.exec_drop(RECORD_CHUNK, record)
-        .await
-        .map_err(|e| server.err(what("recording"), &e))?;
     if transactional {
         conn.query_drop("COMMIT")
             .await
             .map_err(|e| server.err(what("committing"), &e))?;
+    } else {
+        conn.exec_drop(RECORD_CHUNK, record)
+            .await
+            .map_err(|e| server.err(what("recording"), &e))?;
     }
-    Ok(affected)
+    Ok(Some(affected))
 }

@@ -49,7 +49,7 @@ use std::time::Instant;
 use replseed_db::{DbError, Server};
 use replseed_stage::manifest::Manifest;
 use replseed_stage::{SnapshotEvent, Stage, StageError};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use preflight::{preflight, Conflict};
 pub use session::session;
@@ -100,6 +100,14 @@ pub enum LoadError {
     /// The load was interrupted.
     #[error("interrupted; run the same load again to resume")]
     Interrupted,
+}
+
+impl LoadError {
+    /// Whether trying again can cure it (a lost connection, a server
+    /// restarting, a deadlock): see [`replseed_db::retry`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LoadError::Db(e) if e.transient)
+    }
 }
 
 /// A validated load request.
@@ -172,8 +180,26 @@ pub async fn run(
     progress: Arc<Progress>,
     cancel: impl std::future::Future<Output = ()> + Send,
 ) -> Result<LoadReport, LoadError> {
+    // A load is resumable by construction, so a transient fault (the
+    // target restarting, every connection cut) that outlasts the retries of
+    // the piece of work it hit resumes the whole load, after a wait.
+    let resuming = async {
+        let mut waits = replseed_db::retry::backoff();
+        loop {
+            match run_inner(&plan, progress.clone(), None).await {
+                Err(e) if e.is_transient() => {
+                    let Some(wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    warn!(target = %plan.target.addr(), "{e}; the load resumes in {:.1} s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                }
+                r => return r,
+            }
+        }
+    };
     tokio::select! {
-        r = run_inner(&plan, progress, None) => r,
+        r = resuming => r,
         _ = cancel => Err(LoadError::Interrupted),
     }
 }
@@ -212,6 +238,20 @@ pub async fn check(plan: &LoadPlan) -> Result<(), LoadError> {
         });
     }
     Ok(())
+}
+
+/// A new loader session, waiting out a server that is restarting.
+async fn fresh_session(server: &Server) -> Result<mysql_async::Conn, LoadError> {
+    let mut waits = replseed_db::retry::backoff();
+    loop {
+        match session(server).await {
+            Err(e) if e.is_transient() => match waits.next() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
+            r => return r,
+        }
+    }
 }
 
 async fn run_inner(
@@ -272,6 +312,10 @@ async fn run_inner(
     let scheduled = scheduler::run(plan, tables, &done, follow, &progress).await?;
     // The rest uses the published manifest when following an extract.
     let m = scheduled.published.unwrap_or(m);
+    // The control session sat idle while the chunks loaded: a fault may
+    // have cut it. Go on in a new one.
+    drop(conn);
+    let mut conn = fresh_session(server).await?;
 
     progress.set_phase("creating views, routines, triggers, events");
     objects::create_the_rest(&mut conn, server, &m).await?;

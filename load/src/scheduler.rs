@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use replseed_stage::manifest::{Chunk, Manifest};
 use replseed_stage::SnapshotEvent;
@@ -48,9 +49,6 @@ enum Item {
     /// Build the table's deferred indexes (all its chunks are in).
     Finish(usize),
 }
-
-/// How often a chunk is retried after a deadlock or lock wait timeout.
-const LOCK_RETRIES: u32 = 5;
 
 type Queue = Arc<tokio::sync::Mutex<UnboundedReceiver<Item>>>;
 type Work = Arc<Mutex<Vec<TableWork>>>;
@@ -261,14 +259,82 @@ async fn feed(
     }
 }
 
+/// A load session and when it was opened (to tell, after losing it,
+/// whether the server has restarted since).
+struct Session {
+    conn: Conn,
+    opened: Instant,
+}
+
+impl Session {
+    async fn open(server: &replseed_db::Server) -> Result<Session, LoadError> {
+        Ok(Session {
+            conn: session::session(server).await?,
+            opened: Instant::now(),
+        })
+    }
+
+    /// After a transient error: waits, and opens a new session if the old
+    /// one is lost, ending what is left of the old one on the server so
+    /// that its open transaction rolls back now rather than when the server
+    /// notices. `Err(e)` when the waits are used up.
+    async fn recover(
+        &mut self,
+        server: &replseed_db::Server,
+        e: LoadError,
+        what: &str,
+        waits: &mut impl Iterator<Item = Duration>,
+    ) -> Result<(), LoadError> {
+        let lost = match &e {
+            LoadError::Db(d) => replseed_db::retry::is_connection_lost(d.code),
+            _ => true,
+        };
+        let mut last = e;
+        loop {
+            let Some(wait) = waits.next() else {
+                return Err(last);
+            };
+            warn!("{last}; trying {what} again in {:.1} s", wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+            if !lost {
+                return Ok(());
+            }
+            let old = self.conn.id();
+            match Session::open(server).await {
+                Ok(mut s) => {
+                    // The old session's id means the same session only if
+                    // the server has not restarted since it was opened.
+                    let uptime: Option<u64> = s
+                        .conn
+                        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'")
+                        .await
+                        .ok()
+                        .flatten();
+                    if uptime.is_some_and(|u| u > self.opened.elapsed().as_secs() + 1) {
+                        let _ = s.conn.query_drop(format!("KILL CONNECTION {old}")).await;
+                    }
+                    *self = s;
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 async fn load_worker(
-    mut conn: Conn,
+    conn: Conn,
     plan: LoadPlan,
     work: Work,
     queue: Queue,
     progress: Arc<Progress>,
 ) -> Result<(), LoadError> {
     let server = &plan.target;
+    let mut s = Session {
+        conn,
+        opened: Instant::now(),
+    };
     loop {
         let next = queue.lock().await.recv().await;
         let ti = match next {
@@ -281,10 +347,10 @@ async fn load_worker(
                 };
                 let local = plan.stage.fetch_chunk(&chunk, &plan.spool).await?;
                 let t0 = Instant::now();
-                let mut attempt = 0;
+                let mut waits = replseed_db::retry::backoff();
                 let n = loop {
                     let r = chunks::load_chunk(
-                        &mut conn,
+                        &mut s.conn,
                         server,
                         &db,
                         &table,
@@ -294,23 +360,26 @@ async fn load_worker(
                     )
                     .await;
                     match r {
-                        // A deadlock or lock wait timeout rolled the chunk's
-                        // transaction back (its bookkeeping row with it): load
-                        // it again, after the lock holder (often a session of
-                        // an interrupted run, still rolling back) is gone.
-                        Err(LoadError::Db(e))
-                            if table.transactional
-                                && matches!(e.code, Some(1213) | Some(1205))
-                                && attempt < LOCK_RETRIES =>
-                        {
-                            attempt += 1;
-                            warn!(chunk = %chunk.path, attempt, "{}; retrying the chunk", e.message);
-                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        // A lost connection, a deadlock or a lock wait timeout
+                        // rolled the chunk's transaction back (its progress row
+                        // with it): load it again. A non-transactional table
+                        // keeps what was written before the fault, so its
+                        // table is reloaded whole when the load resumes.
+                        Err(e) if e.is_transient() && table.transactional => {
+                            let what = format!("chunk `{}`", chunk.path);
+                            s.recover(server, e, &what, &mut waits).await?;
                         }
                         r => break r?,
                     }
                 };
                 drop(local);
+                let n = match n {
+                    Some(n) => n,
+                    None => {
+                        info!(chunk = %chunk.path, "the chunk had been committed by the try that lost its connection");
+                        chunk.rows
+                    }
+                };
                 debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
                 progress.rows.fetch_add(n, Ordering::Relaxed);
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
@@ -326,8 +395,19 @@ async fn load_worker(
             }
         };
         let table = work.lock().expect("work")[ti].table.clone();
-        finish_table(&mut conn, server, &plan.manifest.snapshot, &table).await?;
+        // Building the indexes is idempotent (only the missing ones are
+        // added; the ALTER is atomic): after a transient fault, again.
+        let mut waits = replseed_db::retry::backoff();
+        loop {
+            match finish_table(&mut s.conn, server, &plan.manifest.snapshot, &table).await {
+                Err(e) if e.is_transient() => {
+                    let what = format!("the indexes of {}.{}", table.db, table.table.name);
+                    s.recover(server, e, &what, &mut waits).await?;
+                }
+                r => break r?,
+            }
+        }
     }
-    let _ = conn.disconnect().await;
+    let _ = s.conn.disconnect().await;
     Ok(())
 }

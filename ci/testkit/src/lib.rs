@@ -14,6 +14,9 @@
 //!   `AWS_SECRET_ACCESS_KEY`) to use an external endpoint such as MinIO
 //!   instead.
 
+pub mod proxy;
+pub use proxy::FaultProxy;
+
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +45,9 @@ pub struct MariaDbOptions {
     /// Serve TLS with these files, and accept nothing else
     /// (`require_secure_transport=ON`).
     pub tls_only: Option<TlsFiles>,
+    /// Durable as production replicas are: `innodb_flush_log_at_trx_commit=1`
+    /// and `sync_binlog=1` (the default, false, flushes once a second).
+    pub durable: bool,
 }
 
 /// A server's TLS files (PEM).
@@ -66,6 +72,7 @@ impl Default for MariaDbOptions {
             buffer_pool_mb: 128,
             extra_args: Vec::new(),
             tls_only: None,
+            durable: false,
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct MariaDb {
     /// Directory holding `data/`, `mariadbd.sock`, `error.log`.
     pub dir: PathBuf,
     child: Option<Child>,
+    /// How it was started, for [`MariaDb::restart`].
+    command: Option<(PathBuf, Vec<std::ffi::OsString>)>,
     _tmp: Option<tempfile::TempDir>,
     keep: bool,
 }
@@ -252,7 +261,16 @@ impl MariaDb {
                     "--innodb-buffer-pool-size={}M",
                     opts.buffer_pool_mb
                 ))
-                .arg("--innodb-flush-log-at-trx-commit=2")
+                .arg(if opts.durable {
+                    "--innodb-flush-log-at-trx-commit=1"
+                } else {
+                    "--innodb-flush-log-at-trx-commit=2"
+                })
+                .arg(if opts.durable {
+                    "--sync-binlog=1"
+                } else {
+                    "--sync-binlog=0"
+                })
                 .arg("--max-allowed-packet=256M")
                 .arg("--character-set-server=utf8mb4")
                 .arg("--collation-server=utf8mb4_general_ci");
@@ -279,6 +297,10 @@ impl MariaDb {
                 use std::os::unix::process::CommandExt;
                 cmd.process_group(0);
             }
+            let command = (
+                bin.clone(),
+                cmd.get_args().map(|a| a.to_os_string()).collect(),
+            );
             let child = cmd.spawn().context("spawning mariadbd")?;
             let mut db = MariaDb {
                 port,
@@ -286,6 +308,7 @@ impl MariaDb {
                 server_id: opts.server_id,
                 dir: dir.clone(),
                 child: Some(child),
+                command: Some(command),
                 _tmp: None,
                 keep: opts.keep,
             };
@@ -389,6 +412,24 @@ impl MariaDb {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Crashes the server (SIGKILL), waits `down`, and starts it again on
+    /// the same port and datadir (InnoDB recovers); returns once it accepts
+    /// connections.
+    pub async fn restart(&mut self, down: Duration) -> Result<()> {
+        self.kill();
+        tokio::time::sleep(down).await;
+        let (bin, args) = self.command.clone().context("not started by this handle")?;
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning mariadbd again")?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(120)).await
     }
 
     /// Releases the handle without stopping the server (for `--keep` sandboxes).

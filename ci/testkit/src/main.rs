@@ -56,6 +56,9 @@ enum MariaCmd {
         /// Port on 127.0.0.1.
         #[arg(long)]
         port: u16,
+        /// Durable as production replicas: innodb_flush_log_at_trx_commit=1, sync_binlog=1.
+        #[arg(long)]
+        durable: bool,
         /// server_id.
         #[arg(long)]
         server_id: u32,
@@ -84,6 +87,7 @@ async fn main() -> Result<()> {
                     port,
                     server_id,
                     buffer_pool_mb,
+                    durable,
                     opts,
                 },
         } => {
@@ -96,6 +100,7 @@ async fn main() -> Result<()> {
                 buffer_pool_mb,
                 extra_args: opts,
                 tls_only: None,
+                durable,
             })
             .await?;
             println!("{}", db.url());
