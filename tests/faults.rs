@@ -7,7 +7,7 @@
 //! run them.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use replseed_testkit::FaultProxy;
 
@@ -67,6 +67,34 @@ fn spawn_replseed(args: &[&str], env: &[(String, String)]) -> tokio::process::Ch
     cmd.spawn().expect("spawn replseed")
 }
 
+/// Waits until at least `n` chunks are committed on the target, or panics
+/// after two minutes.
+async fn wait_for_chunks(t: &MariaDb, n: u64) {
+    let start = Instant::now();
+    loop {
+        // Before the load creates its bookkeeping, the query fails: 0.
+        let got: u64 = match t.conn().await {
+            Ok(mut c) => {
+                use mysql_async::prelude::Queryable;
+                c.query_first("SELECT COUNT(*) FROM replseed.load_chunks")
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            }
+            Err(_) => 0,
+        };
+        if got >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no chunk loaded in 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for `n` more bytes through the proxy; if they do not come, fails
 /// with what the command printed.
 async fn fault_point(proxy: &FaultProxy, n: u64, child: &mut tokio::process::Child) {
@@ -93,6 +121,38 @@ async fn finished(child: tokio::process::Child) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_waits_out_a_target_restart_and_resumes() {
+    let m = master_with_data().await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "rs1", &[]).await;
+    // A short lock wait timeout, as on many replicas: chunks of one table
+    // must not queue on each other.
+    let mut t = durable_target(2, &["--innodb-lock-wait-timeout=10"]).await;
+    let child = spawn_replseed(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "rs1",
+            "--target",
+            &t.url(),
+        ],
+        &[],
+    );
+    wait_for_chunks(&t, 1).await;
+    // A crash: InnoDB rolls back the chunks in flight when it comes back.
+    t.restart(Duration::from_secs(3)).await.unwrap();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the load did not survive the restart:\n{stderr}");
+    assert!(
+        stderr.contains("again in") || stderr.contains("resumes in"),
+        "no retry was logged:\n{stderr}"
+    );
+    assert_identical(&m, &t, DBS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,10 @@ use crate::LoadError;
 /// Bytes handed to the server per LOAD DATA packet batch.
 const PIECE: usize = 1 << 20;
 
+/// The producer's error when the statement stopped reading its rows: a
+/// consequence of the statement's failure, never its cause.
+const STOPPED: &str = "the server stopped reading the chunk";
+
 /// The `LOAD DATA` statement for a table's stored columns.
 pub fn load_statement(db: &str, t: &Table) -> String {
     let mut cols = Vec::with_capacity(t.columns.len());
@@ -89,14 +93,14 @@ fn produce(
                     Vec::with_capacity(PIECE + (64 << 10)),
                 ));
                 if tx.blocking_send(Ok(piece)).is_err() {
-                    return Err("the server stopped reading the chunk".into());
+                    return Err(STOPPED.into());
                 }
             }
         }
         rows += n as u64;
     }
     if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-        return Err("the server stopped reading the chunk".into());
+        return Err(STOPPED.into());
     }
     Ok(Produced {
         rows,
@@ -205,13 +209,18 @@ pub async fn load_chunk(
         if transactional {
             let _ = conn.query_drop("ROLLBACK").await;
         }
-        if let Err(p) = produced {
-            return Err(LoadError::Chunk {
-                chunk: chunk.path.clone(),
-                detail: format!("reading the Parquet file failed: {p}"),
-            });
+        // A Parquet file that could not be read ends the statement: then the
+        // producer's error is the cause. Otherwise the statement's is (a
+        // lost connection stops the producer too).
+        match produced {
+            Err(p) if p != STOPPED => {
+                return Err(LoadError::Chunk {
+                    chunk: chunk.path.clone(),
+                    detail: format!("reading the Parquet file failed: {p}"),
+                })
+            }
+            _ => return Err(server.err(what("loading"), &e).into()),
         }
-        return Err(server.err(what("loading"), &e).into());
     }
     let produced = produced.map_err(|p| LoadError::Chunk {
         chunk: chunk.path.clone(),

@@ -240,20 +240,6 @@ pub async fn check(plan: &LoadPlan) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// A new loader session, waiting out a server that is restarting.
-async fn fresh_session(server: &Server) -> Result<mysql_async::Conn, LoadError> {
-    let mut waits = replseed_db::retry::backoff();
-    loop {
-        match session(server).await {
-            Err(e) if e.is_transient() => match waits.next() {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(e),
-            },
-            r => return r,
-        }
-    }
-}
-
 async fn run_inner(
     plan: &LoadPlan,
     progress: Arc<Progress>,
@@ -315,7 +301,7 @@ async fn run_inner(
     // The control session sat idle while the chunks loaded: a fault may
     // have cut it. Go on in a new one.
     drop(conn);
-    let mut conn = fresh_session(server).await?;
+    let mut conn = session::session_retrying(server).await?;
 
     progress.set_phase("creating views, routines, triggers, events");
     objects::create_the_rest(&mut conn, server, &m).await?;

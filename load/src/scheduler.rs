@@ -94,7 +94,7 @@ pub async fn run(
     let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = JoinSet::new();
     for _ in 0..plan.threads.max(1) {
-        let conn = session::session(&plan.target).await?;
+        let conn = session::session_retrying(&plan.target).await?;
         workers.spawn(load_worker(
             conn,
             plan.clone(),
@@ -267,17 +267,11 @@ struct Session {
 }
 
 impl Session {
-    async fn open(server: &replseed_db::Server) -> Result<Session, LoadError> {
-        Ok(Session {
-            conn: session::session(server).await?,
-            opened: Instant::now(),
-        })
-    }
-
     /// After a transient error: waits, and opens a new session if the old
-    /// one is lost, ending what is left of the old one on the server so
-    /// that its open transaction rolls back now rather than when the server
-    /// notices. `Err(e)` when the waits are used up.
+    /// one is lost (waiting out a restarting server), ending what is left
+    /// of the old one on the server so that its open transaction rolls back
+    /// now rather than when the server notices. `Err(e)` when the waits are
+    /// used up.
     async fn recover(
         &mut self,
         server: &replseed_db::Server,
@@ -285,41 +279,32 @@ impl Session {
         what: &str,
         waits: &mut impl Iterator<Item = Duration>,
     ) -> Result<(), LoadError> {
-        let lost = match &e {
-            LoadError::Db(d) => replseed_db::retry::is_connection_lost(d.code),
-            _ => true,
+        let Some(wait) = waits.next() else {
+            return Err(e);
         };
-        let mut last = e;
-        loop {
-            let Some(wait) = waits.next() else {
-                return Err(last);
-            };
-            warn!("{last}; trying {what} again in {:.1} s", wait.as_secs_f64());
-            tokio::time::sleep(wait).await;
-            if !lost {
-                return Ok(());
-            }
-            let old = self.conn.id();
-            match Session::open(server).await {
-                Ok(mut s) => {
-                    // The old session's id means the same session only if
-                    // the server has not restarted since it was opened.
-                    let uptime: Option<u64> = s
-                        .conn
-                        .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'")
-                        .await
-                        .ok()
-                        .flatten();
-                    if uptime.is_some_and(|u| u > self.opened.elapsed().as_secs() + 1) {
-                        let _ = s.conn.query_drop(format!("KILL CONNECTION {old}")).await;
-                    }
-                    *self = s;
-                    return Ok(());
-                }
-                Err(e) if e.is_transient() => last = e,
-                Err(e) => return Err(e),
-            }
+        warn!("{e}; trying {what} again in {:.1} s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        let lost = matches!(&e, LoadError::Db(d) if replseed_db::retry::is_connection_lost(d.code));
+        if !lost {
+            return Ok(());
         }
+        let old = self.conn.id();
+        let mut conn = session::session_retrying(server).await?;
+        // The old session's id means the same session only if the server
+        // has not restarted since it was opened.
+        let uptime: Option<u64> = conn
+            .query_first("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='UPTIME'")
+            .await
+            .ok()
+            .flatten();
+        if uptime.is_some_and(|u| u > self.opened.elapsed().as_secs() + 1) {
+            let _ = conn.query_drop(format!("KILL CONNECTION {old}")).await;
+        }
+        *self = Session {
+            conn,
+            opened: Instant::now(),
+        };
+        Ok(())
     }
 }
 

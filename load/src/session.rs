@@ -56,3 +56,18 @@ pub async fn session(server: &Server) -> Result<Conn, LoadError> {
     }
     Ok(conn)
 }
+
+/// A loader session, waiting out a server that is restarting or a network
+/// that is down (transient errors, [`replseed_db::retry::backoff`]).
+pub async fn session_retrying(server: &Server) -> Result<Conn, LoadError> {
+    let mut waits = replseed_db::retry::backoff();
+    loop {
+        match session(server).await {
+            Err(e) if e.is_transient() => match waits.next() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
+            r => return r,
+        }
+    }
+}
