@@ -216,3 +216,199 @@ async fn an_extract_to_s3_survives_every_s3_connection_cut() {
     .await;
     assert_identical(&m, &t, DBS).await;
 }
+
+/// The URL of a server behind a proxy: TCP to the proxy (a local URL would
+/// otherwise be switched to the server's Unix socket, around the proxy).
+fn via(proxy: &FaultProxy) -> String {
+    format!(
+        "mysql://root@127.0.0.1:{}?prefer_socket=false",
+        proxy.port()
+    )
+}
+
+fn local(db: &MariaDb) -> std::net::SocketAddr {
+    format!("127.0.0.1:{}", db.port).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_survives_every_target_connection_cut() {
+    let m = master_with_data().await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "cut1", &[]).await;
+    let t = durable_target(2, &["--innodb-lock-wait-timeout=10"]).await;
+    let proxy = FaultProxy::start(local(&t)).await.unwrap();
+    let url = via(&proxy);
+    let mut child = spawn_replseed(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "cut1",
+            "--target",
+            &url,
+        ],
+        &[],
+    );
+    // Twice in the middle of the chunks: every session of the load is reset.
+    fault_point(&proxy, 24 << 20, &mut child).await;
+    let first = proxy.cut();
+    fault_point(&proxy, 24 << 20, &mut child).await;
+    let second = proxy.cut();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the load did not survive the cuts:\n{stderr}");
+    assert!(
+        first >= 2 && second >= 2,
+        "too few sessions were open at the cuts ({first}, {second})"
+    );
+    assert!(
+        stderr.contains("again in") || stderr.contains("resumes in"),
+        "no retry was logged:\n{stderr}"
+    );
+    assert_identical(&m, &t, DBS).await;
+    // Exactly once: one progress row per staged chunk, no more.
+    let staged = replseed_ok(
+        &["snapshots", "show", "cut1", "--stage", &stage, "--json"],
+        &[],
+    )
+    .await["totals"]["chunks"]
+        .as_u64()
+        .unwrap();
+    let recorded: u64 = scalar(
+        &t,
+        "SELECT COUNT(*) FROM replseed.load_chunks WHERE snapshot='cut1'",
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert_eq!(recorded, staged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extract_to_disk_takes_the_cut_again_after_every_source_connection_cut() {
+    let m = master_with_data().await;
+    let (dir, stage) = local_stage();
+    let proxy = FaultProxy::start(local(&m)).await.unwrap();
+    let url = via(&proxy);
+    let mut child = spawn_replseed(
+        &[
+            "extract",
+            "--source",
+            &url,
+            "--stage",
+            &stage,
+            "--snapshot",
+            "mcut",
+        ],
+        &[],
+    );
+    // In the middle of the rows: the workers' snapshots are gone.
+    fault_point(&proxy, 40 << 20, &mut child).await;
+    let cut = proxy.cut();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the extract did not survive the cut:\n{stderr}");
+    assert!(cut >= 2, "too few sessions were open at the cut ({cut})");
+    assert!(
+        stderr.contains("starts again"),
+        "no new cut was logged:\n{stderr}"
+    );
+    // One snapshot, whole, with no chunk of the lost cut left beside it.
+    replseed_ok(&["snapshots", "verify", "mcut", "--stage", &stage], &[]).await;
+    let shown = replseed_ok(
+        &["snapshots", "show", "mcut", "--stage", &stage, "--json"],
+        &[],
+    )
+    .await;
+    let staged = shown["totals"]["chunks"].as_u64().unwrap();
+    let files = walk(dir.path())
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count() as u64;
+    assert_eq!(files, staged, "chunk files beside the manifest's");
+    let t = durable_target(2, &[]).await;
+    load_ok(&stage, "mcut", &t.url(), &[]).await;
+    assert_identical(&m, &t, DBS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extract_survives_a_source_restart() {
+    let mut m = master_with_data().await;
+    let (_dir, stage) = local_stage();
+    let proxy = FaultProxy::start(local(&m)).await.unwrap();
+    let url = via(&proxy);
+    let mut child = spawn_replseed(
+        &[
+            "extract",
+            "--source",
+            &url,
+            "--stage",
+            &stage,
+            "--snapshot",
+            "mrestart",
+        ],
+        &[],
+    );
+    fault_point(&proxy, 40 << 20, &mut child).await;
+    m.restart(Duration::from_secs(2)).await.unwrap();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the extract did not survive the restart:\n{stderr}");
+    assert!(
+        stderr.contains("starts again"),
+        "no new cut was logged:\n{stderr}"
+    );
+    replseed_ok(&["snapshots", "verify", "mrestart", "--stage", &stage], &[]).await;
+    let t = durable_target(2, &[]).await;
+    load_ok(&stage, "mrestart", &t.url(), &[]).await;
+    assert_identical(&m, &t, DBS).await;
+    // The snapshot's position is the restarted master's: catch-up works.
+    exec(&m, "INSERT INTO f.big VALUES (2000001, 1, 'after')").await;
+    replseed_ok(&catchup_args(&stage, "mrestart", &m.url(), &t.url()), &[]).await;
+    assert_identical(&m, &t, DBS).await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catchup_survives_every_target_connection_cut() {
+    let m = master_with_data().await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "cc1", &[]).await;
+    let t = durable_target(2, &[]).await;
+    load_ok(&stage, "cc1", &t.url(), &[]).await;
+    // A backlog the replica takes a while to apply.
+    for i in 0..4 {
+        exec(
+            &m,
+            &format!("UPDATE f.big SET k = k + 1 WHERE id % 4 = {i}"),
+        )
+        .await;
+    }
+    let proxy = FaultProxy::start(local(&t)).await.unwrap();
+    let url = via(&proxy);
+    let mut child = spawn_replseed(&catchup_args(&stage, "cc1", &m.url(), &url), &[]);
+    // Replication is configured and the wait has begun: cut, twice.
+    fault_point(&proxy, 4 << 10, &mut child).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    fault_point(&proxy, 4 << 10, &mut child).await;
+    proxy.cut();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the catch-up did not survive the cuts:\n{stderr}");
+    assert!(
+        stderr.contains("goes on in"),
+        "no retry was logged:\n{stderr}"
+    );
+    still_replicating(&m, &t, "INSERT INTO f.big VALUES (3000001, 1, 'after')").await;
+    assert_identical(&m, &t, DBS).await;
+}

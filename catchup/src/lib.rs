@@ -337,9 +337,34 @@ pub async fn run(
     progress: std::sync::Arc<Progress>,
     cancel: impl std::future::Future<Output = ()> + Send,
 ) -> Result<CatchupReport, CatchupError> {
+    // A catch-up never rewinds a replica that has moved on (the run record
+    // says `replicating` before START SLAVE), so after a transient fault (a
+    // connection cut, a server restarting) it runs again from the top.
+    let retrying = async {
+        let mut waits = replseed_db::retry::backoff();
+        loop {
+            match run_inner(&plan, &progress).await {
+                Err(e) if e.is_transient() => {
+                    let Some(wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    warn!(target = %plan.target.addr(), "{e}; the catch-up goes on in {:.1} s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                }
+                r => return r,
+            }
+        }
+    };
     tokio::select! {
-        r = run_inner(&plan, &progress) => r,
+        r = retrying => r,
         _ = cancel => Err(CatchupError::Interrupted),
+    }
+}
+
+impl CatchupError {
+    /// Whether running the catch-up again can cure it: see [`replseed_db::retry`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CatchupError::Db(e) if e.transient)
     }
 }
 
@@ -377,13 +402,18 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         server: tgt.name(),
         detail,
     })?;
-    let loaded: Vec<Row> = replica
+    let loaded: Vec<Row> = match replica
         .exec(
             "SELECT status FROM replseed.load_runs WHERE snapshot=?",
             (&m.snapshot,),
         )
         .await
-        .unwrap_or_default();
+    {
+        Ok(rows) => rows,
+        // No bookkeeping at all: nothing was loaded here.
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => Vec::new(),
+        Err(e) => return Err(tgt.err("reading replseed.load_runs", &e).into()),
+    };
     let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
     let configured = match status.as_deref() {
         Some("done") => {

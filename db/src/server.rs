@@ -166,11 +166,16 @@ impl Server {
             .tcp_keepalive(Some(Duration::from_secs(60)))
             .stmt_cache_size(64)
             // When TLS is asked for, stay on TCP: the driver would otherwise
-            // switch a local connection to the Unix socket, without TLS.
-            .prefer_socket(!matches!(
-                self.tls.mode,
-                TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity
-            ))
+            // switch a local connection to the Unix socket, without TLS. A
+            // URL's `prefer_socket=false` keeps a local connection on TCP too
+            // (a proxy or port forward in front of the server).
+            .prefer_socket(
+                self.opts.prefer_socket()
+                    && !matches!(
+                        self.tls.mode,
+                        TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity
+                    ),
+            )
             .ssl_opts(ssl);
         match tokio::time::timeout(Duration::from_secs(30), Conn::new(opts)).await {
             Ok(Ok(c)) => Ok(c),
