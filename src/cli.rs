@@ -112,6 +112,32 @@ pub struct TuningArgs {
     /// holding FLUSH TABLES WITH READ LOCK while they open (0: always lock).
     #[arg(long, env = "REPLSEED_LOCK_FREE_ATTEMPTS", default_value_t = 5)]
     pub lock_free_attempts: u32,
+
+    /// Read at most this many MiB per second from the master, over all
+    /// workers (default: no limit).
+    #[arg(long, env = "REPLSEED_MAX_RATE")]
+    pub max_rate: Option<f64>,
+
+    /// Pause the extract while the master's Threads_running (replseed's own
+    /// sessions not counted) is above this.
+    #[arg(long, env = "REPLSEED_MAX_THREADS_RUNNING")]
+    pub max_threads_running: Option<u64>,
+
+    /// Pause the extract while a --lag-replica is more than this many
+    /// seconds behind, or not replicating.
+    #[arg(long, env = "REPLSEED_MAX_REPLICA_LAG", requires = "lag_replicas")]
+    pub max_replica_lag: Option<u64>,
+
+    /// A replica of the master whose lag --max-replica-lag watches
+    /// (repeat the flag; its password as for other servers, role `replica`:
+    /// REPLSEED_REPLICA_PASSWORD or the option file).
+    #[arg(
+        long = "lag-replica",
+        env = "REPLSEED_LAG_REPLICA",
+        value_delimiter = ',',
+        requires = "max_replica_lag"
+    )]
+    pub lag_replicas: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +233,11 @@ pub struct LoadOpts {
     /// (nothing outside the snapshot is touched).
     #[arg(long, env = "REPLSEED_FORCE", value_parser = clap::builder::FalseyValueParser::new())]
     pub force: bool,
+
+    /// Send at most this many MiB per second of rows into each target (for
+    /// a target that is serving; default: no limit).
+    #[arg(long, env = "REPLSEED_MAX_LOAD_RATE")]
+    pub max_load_rate: Option<f64>,
 
     /// Directory for downloaded chunks (S3 stages); default: the system temp dir.
     #[arg(long, env = "REPLSEED_SPOOL_DIR")]

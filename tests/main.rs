@@ -15,6 +15,8 @@ mod parquet;
 mod replica_source;
 mod roundtrip;
 mod s3;
+mod split;
 mod stage_ops;
+mod throttle;
 mod tls;
 mod workers;

@@ -9,6 +9,8 @@
 //!   which also runs the statements MariaDB cannot prepare.
 //! * [`tls`]: `ssl-mode` and friends; [`options`]: option files.
 //! * [`retry`]: which errors are transient, and the backoff between tries.
+//! * [`throttle`]: a byte-rate limit and a guard that pauses work while a
+//!   server is busy or its replicas lag.
 //! * [`quote_ident`], [`qualified`]: identifiers, which cannot be bound.
 //! * [`accounts`]: a server's accounts, roles and grants, to stage,
 //!   compare and replay.
@@ -23,6 +25,7 @@ pub mod options;
 mod query;
 pub mod retry;
 mod server;
+pub mod throttle;
 pub mod tls;
 
 pub use error::{describe, mask_passwords, DbError};

@@ -31,6 +31,7 @@ mod gtid;
 mod keys;
 mod replica;
 mod schema;
+mod split;
 mod worker;
 
 use std::collections::VecDeque;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
+use replseed_db::throttle::{GuardLimits, RateLimit};
 use replseed_db::{first, text, DbError, Server};
 use replseed_stage::manifest::{
     Consistency, Manifest, Position, Settings, SourceInfo, Totals, FORMAT_NAME, FORMAT_VERSION,
@@ -118,6 +120,14 @@ pub enum ExtractError {
     Interrupted,
 }
 
+impl ExtractError {
+    /// Whether starting the extract again can cure it (a lost connection,
+    /// the source restarting): see [`replseed_db::retry`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ExtractError::Db(e) if e.transient)
+    }
+}
+
 pub use replseed_stage::SnapshotEvent as Event;
 
 /// A validated extract request.
@@ -145,6 +155,10 @@ pub struct ExtractPlan {
     pub accounts: bool,
     /// Where to report progress events for a loader that follows (optional).
     pub events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    /// MiB per second read from the source, over all workers (`--max-rate`).
+    pub max_rate: Option<f64>,
+    /// When to pause the workers (`--max-threads-running`, `--max-replica-lag`).
+    pub guard: GuardLimits,
 }
 
 impl ExtractPlan {
@@ -373,21 +387,59 @@ pub async fn run(
     let claimed = std::sync::atomic::AtomicBool::new(false);
     // SQL threads of a replica source stopped for the cut (restarted on every path).
     let paused = Arc::new(Mutex::new(Vec::new()));
+    // A transient fault (a connection cut, the source restarting) loses the
+    // consistent snapshot: nothing of it is published, its chunks are
+    // removed, and the whole cut is taken again after a wait. Not when a
+    // loader follows the chunks as they come (`provision`): it has seen
+    // this cut already, so the fault is reported.
+    let attempts = async {
+        let mut waits = replseed_db::retry::backoff();
+        loop {
+            let r = run_inner(&plan, progress.clone(), &claimed, &paused).await;
+            replica::resume_after_failure(&plan.source, &paused).await;
+            if r.is_err() && claimed.swap(false, Ordering::SeqCst) {
+                cleanup(&plan).await;
+            }
+            match r {
+                Err(e) if e.is_transient() && plan.events.is_none() => {
+                    let Some(wait) = waits.next() else {
+                        return Err(e);
+                    };
+                    warn!(source = %plan.source.addr(), "{e}; nothing was published, the extract starts again in {:.1} s", wait.as_secs_f64());
+                    progress.rows.store(0, Ordering::Relaxed);
+                    progress.chunks.store(0, Ordering::Relaxed);
+                    progress.bytes.store(0, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+                r => return r,
+            }
+        }
+    };
+    // While it writes, the snapshot is leased: `snapshots delete` and
+    // `prune` leave it alone.
+    let lease = plan
+        .stage
+        .take_lease(
+            &plan.snapshot,
+            &format!("extract from {}", plan.source.addr()),
+        )
+        .await?;
     let r = tokio::select! {
-        r = run_inner(&plan, progress, &claimed, &paused) => r,
+        r = attempts => r,
         _ = cancel => Err(ExtractError::Interrupted),
     };
     replica::resume_after_failure(&plan.source, &paused).await;
     if r.is_err() && claimed.load(Ordering::SeqCst) {
         cleanup(&plan).await;
     }
+    lease.release().await;
     r
 }
 
 async fn cleanup(plan: &ExtractPlan) {
     plan.stage.settle_uploads().await;
     if let Ok(SnapshotState::Incomplete) = plan.stage.state(&plan.snapshot).await {
-        match plan.stage.delete(&plan.snapshot).await {
+        match plan.stage.discard(&plan.snapshot).await {
             Ok(n) => {
                 info!(snapshot = %plan.snapshot, objects = n, "removed the unpublished chunks")
             }
@@ -572,6 +624,16 @@ async fn run_inner(
         jobs_per_table[j.table].0 += 1;
     }
     let queue = Arc::new(Mutex::new(jobs.into_iter().collect::<VecDeque<_>>()));
+    // Protecting the source: a rate shared by the workers, and a guard
+    // that pauses them while the source is busy or its replicas lag.
+    let rate = RateLimit::new(plan.max_rate);
+    let guard = replseed_db::throttle::guard(
+        server,
+        GuardLimits {
+            own_sessions: plan.threads as u64 + 1,
+            ..plan.guard.clone()
+        },
+    );
     let tables = Arc::new(tables);
     let table_jobs = Arc::new(Mutex::new(jobs_per_table));
     let mut running = tokio::task::JoinSet::new();
@@ -587,6 +649,8 @@ async fn run_inner(
             progress: progress.clone(),
             events: plan.events.clone(),
             table_jobs: table_jobs.clone(),
+            rate: rate.clone(),
+            guard: guard.clone(),
         };
         running.spawn(worker::run_worker(ctx, conn, queue.clone()));
     }

@@ -10,6 +10,7 @@ use replseed_stage::types::{
     ColumnSpec,
 };
 
+use crate::split::{choose, IndexInfo, SplitKey};
 use crate::ExtractError;
 
 use replseed_stage::SYSTEM_SCHEMAS;
@@ -23,6 +24,8 @@ pub struct TablePlan {
     pub table: Table,
     /// Estimated rows (information_schema.TABLES.TABLE_ROWS).
     pub est_rows: u64,
+    /// The index a big table is split along (see `split.rs`).
+    pub split: Option<SplitKey>,
 }
 
 fn opt_s(v: &Value) -> Option<String> {
@@ -206,16 +209,33 @@ pub async fn database(
         columns.entry(text(&r[0])).or_default().push(r);
     }
     let mut pks: HashMap<String, Vec<String>> = HashMap::new();
+    // Every index, for splitting big tables (`split.rs`).
+    let mut indexes: HashMap<String, Vec<IndexInfo>> = HashMap::new();
     for r in rows(
         conn,
         server,
-        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-         WHERE TABLE_SCHEMA=? AND INDEX_NAME='PRIMARY' ORDER BY TABLE_NAME, SEQ_IN_INDEX",
+        "SELECT TABLE_NAME, INDEX_NAME, COLUMN_NAME, NON_UNIQUE, SUB_PART, INDEX_TYPE \
+         FROM information_schema.STATISTICS \
+         WHERE TABLE_SCHEMA=? ORDER BY TABLE_NAME, INDEX_NAME='PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
         (db,),
     )
     .await?
     {
-        pks.entry(text(&r[0])).or_default().push(text(&r[1]));
+        let (table, index, column) = (text(&r[0]), text(&r[1]), text(&r[2]));
+        if index == "PRIMARY" {
+            pks.entry(table.clone()).or_default().push(column.clone());
+        }
+        let list = indexes.entry(table).or_default();
+        if list.last().is_none_or(|i| i.name != index) {
+            list.push(IndexInfo {
+                name: index,
+                unique: text(&r[3]) == "0",
+                kind: text(&r[5]),
+                columns: Vec::new(),
+            });
+        }
+        let ix = list.last_mut().expect("index just pushed");
+        ix.columns.push((column, u(&r[4])));
     }
     let mut json_cols: HashSet<(String, String)> = HashSet::new();
     for r in rows(
@@ -364,9 +384,10 @@ pub async fn database(
                 }
                 let transactional = engine.eq_ignore_ascii_case("InnoDB");
                 let est_rows = u(&t[3]).unwrap_or(0);
-                plans.push(TablePlan {
+                let mut plan = TablePlan {
                     db: db.to_string(),
                     est_rows,
+                    split: None,
                     table: Table {
                         name: name.clone(),
                         engine,
@@ -381,7 +402,12 @@ pub async fn database(
                         bytes: 0,
                         chunks: Vec::new(),
                     },
-                });
+                };
+                plan.split = choose(
+                    &plan.table,
+                    indexes.get(&name).map(Vec::as_slice).unwrap_or(&[]),
+                );
+                plans.push(plan);
             }
             other => {
                 return Err(ExtractError::Unsupported {

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};
+use replseed_db::throttle::{Guard, RateLimit};
 use replseed_db::{qualified, quote_ident, DbError, Server};
 use replseed_stage::layout::chunk_path;
-use replseed_stage::manifest::{Chunk, KeyRange};
+use replseed_stage::manifest::Chunk;
 use replseed_stage::types::ColumnKind;
 use replseed_stage::{ChunkProps, ChunkWriter, Stage};
 use tracing::debug;
@@ -17,6 +18,7 @@ use tracing::debug;
 use crate::decode::BatchBuilder;
 use crate::keys::KeyColumns;
 use crate::schema::TablePlan;
+use crate::split::KeyRange;
 use crate::{ExtractError, Progress};
 
 /// Rows per Arrow batch handed to the Parquet writer.
@@ -31,10 +33,19 @@ pub struct Job {
     pub table: usize,
     /// Job number within the table (orders the chunk files).
     pub job: u32,
-    /// Inclusive primary-key range, for split tables.
-    pub range: Option<(i128, i128)>,
+    /// The part of the table, for split tables.
+    pub range: Option<JobRange>,
     /// Estimated rows, for ordering.
     pub est_rows: u64,
+}
+
+/// The part of a split table one job reads.
+#[derive(Debug, Clone)]
+pub enum JobRange {
+    /// Inclusive range of a single integer primary key.
+    Int(i128, i128),
+    /// A range of the table's split key (`split.rs`).
+    Key(KeyRange),
 }
 
 /// Shared context of the workers.
@@ -50,14 +61,20 @@ pub struct Ctx {
     pub events: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
     /// Per table: jobs not finished yet, chunks written so far.
     pub table_jobs: Arc<Mutex<Vec<(usize, usize)>>>,
+    /// `--max-rate`, shared by the workers.
+    pub rate: Option<Arc<RateLimit>>,
+    /// Pauses the workers while the source is busy.
+    pub guard: Option<Guard>,
 }
 
 fn as_i128(v: &Value) -> Option<i128> {
     mysql_async::from_value_opt::<i128>(v.clone()).ok()
 }
 
-/// Splits large tables with a single integer primary key into ranges of
-/// about `chunk_rows` rows; every other table is one job. Largest first.
+/// Splits large tables into ranges of about `chunk_rows` rows: by
+/// arithmetic on a single integer primary key, or along another index by
+/// walking it (`split.rs`); a table with no usable index is one job.
+/// Largest first.
 pub async fn plan_jobs(
     conn: &mut Conn,
     server: &Server,
@@ -99,7 +116,7 @@ pub async fn plan_jobs(
                     jobs.push(Job {
                         table: ti,
                         job,
-                        range: Some((start, end)),
+                        range: Some(JobRange::Int(start, end)),
                         est_rows: t.est_rows / n as u64,
                     });
                     job += 1;
@@ -107,6 +124,26 @@ pub async fn plan_jobs(
                 }
                 continue;
             }
+        } else if let Some(key) = t
+            .split
+            .as_ref()
+            .filter(|_| t.est_rows > chunk_rows + chunk_rows / 2)
+        {
+            let started = std::time::Instant::now();
+            let ranges =
+                crate::split::ranges(conn, server, &t.db, &t.table.name, key, chunk_rows).await?;
+            debug!(table = %format!("{}.{}", t.db, t.table.name), index = %key.index, jobs = ranges.len(),
+                   ms = started.elapsed().as_millis() as u64, "split along an index");
+            let n = ranges.len() as u64;
+            for (job, range) in ranges.into_iter().enumerate() {
+                jobs.push(Job {
+                    table: ti,
+                    job: job as u32,
+                    range: Some(JobRange::Key(range)),
+                    est_rows: t.est_rows / n,
+                });
+            }
+            continue;
         }
         jobs.push(Job {
             table: ti,
@@ -193,6 +230,13 @@ async fn write_batch(
     keys: Option<&KeyColumns>,
     builder: &mut BatchBuilder,
 ) -> Result<(), ExtractError> {
+    // Between batches: wait out a busy source, and keep to the rate.
+    if let Some(g) = &ctx.guard {
+        g.wait().await;
+    }
+    if let Some(r) = &ctx.rate {
+        r.take(builder.byte_size() as u64).await;
+    }
     let batch = builder.finish();
     let n = batch.num_rows();
     if n == 0 {
@@ -230,17 +274,26 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
         sql.push_str(" FOR SYSTEM_TIME ALL");
     }
     let mut params = Vec::new();
-    if let Some((lo, hi)) = job.range {
-        sql.push_str(&format!(
-            " WHERE {} BETWEEN ? AND ?",
-            quote_ident(&t.primary_key[0])
-        ));
-        for v in [lo, hi] {
-            params.push(if v < 0 {
-                Value::Int(v as i64)
-            } else {
-                Value::UInt(v as u64)
-            });
+    match &job.range {
+        None => {}
+        Some(JobRange::Int(lo, hi)) => {
+            sql.push_str(&format!(
+                " WHERE {} BETWEEN ? AND ?",
+                quote_ident(&t.primary_key[0])
+            ));
+            for v in [*lo, *hi] {
+                params.push(if v < 0 {
+                    Value::Int(v as i64)
+                } else {
+                    Value::UInt(v as u64)
+                });
+            }
+        }
+        Some(JobRange::Key(range)) => {
+            let key = tp.split.as_ref().expect("a split table has a split key");
+            let (cond, p) = key.condition(range);
+            sql.push_str(&format!(" {} WHERE {cond}", key.hint()));
+            params = p;
         }
     }
     if !t.primary_key.is_empty() {
@@ -303,7 +356,7 @@ async fn run_job(ctx: &Ctx, conn: &mut Conn, job: &Job) -> Result<Vec<Chunk>, Ex
 async fn close(ctx: &Ctx, tp: &TablePlan, o: Open) -> Result<Chunk, ExtractError> {
     let mut chunk = o.writer.finish().await?;
     if let Some(first) = o.first {
-        chunk.key_range = Some(KeyRange {
+        chunk.key_range = Some(replseed_stage::manifest::KeyRange {
             first,
             last: o.last,
         });

@@ -9,13 +9,13 @@ use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use replseed_db::{qualified, quote_ident, Server};
+use replseed_db::{qualified, quote_ident};
 use replseed_stage::manifest::{Chunk, Table};
 use replseed_stage::types::ColumnKind;
 
 use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
-use crate::LoadError;
+use crate::{LoadError, LoadPlan};
 
 /// Bytes handed to the server per LOAD DATA packet batch.
 const PIECE: usize = 1 << 20;
@@ -145,15 +145,18 @@ fn warned_value(path: &std::path::Path, table: &Table, message: &str) -> Option<
 /// Loads a chunk file into its table and records it, in one transaction
 /// (for a transactional table). Returns the rows loaded, or `None` when an
 /// earlier try of this chunk had committed it.
+/// The target, the snapshot and `--max-load-rate` come from `plan`.
 pub async fn load_chunk(
     conn: &mut Conn,
-    server: &Server,
+    plan: &LoadPlan,
     db: &str,
     table: &Table,
     chunk: &Chunk,
     file: PathBuf,
-    snapshot: &str,
 ) -> Result<Option<u64>, LoadError> {
+    let server = &plan.target;
+    let snapshot = plan.manifest.snapshot.as_str();
+    let rate = plan.rate.clone();
     let transactional = table.transactional;
     let what = |s: &str| format!("{s} chunk `{}` into {db}.{}", chunk.path, table.name);
     let record = (
@@ -193,8 +196,13 @@ pub async fn load_chunk(
         r
     });
     conn.set_infile_handler(async move {
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let stream = futures::stream::unfold((rx, rate), |(mut rx, rate)| async move {
+            let piece = rx.recv().await?;
+            if let (Some(r), Ok(b)) = (&rate, &piece) {
+                r.take(b.len() as u64).await;
+            }
+            Some((piece, (rx, rate)))
+        });
         Ok(stream.boxed())
     });
     let loaded = conn.query_drop(load_statement(db, table)).await;

@@ -130,6 +130,9 @@ pub struct LoadPlan {
     /// The accounts to check instead of the staged ones (`provision`'s
     /// check of a target before the extract stages them).
     pub preview_accounts: Option<replseed_db::accounts::AccountSet>,
+    /// Bytes per second of rows sent to the target, over all its sessions
+    /// (`--max-load-rate`).
+    pub rate: Option<Arc<replseed_db::throttle::RateLimit>>,
 }
 
 /// Live counters.
@@ -198,10 +201,34 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
+    // While it loads, the snapshot is leased: `snapshots delete` and
+    // `prune` leave it alone.
+    let lease = take_lease(&plan).await?;
+    // Deleted between reading its manifest and the lease: nothing to load.
+    if plan.stage.state(&plan.manifest.snapshot).await? != replseed_stage::SnapshotState::Published
+    {
+        lease.release().await;
+        return Err(StageError::SnapshotNotFound {
+            id: plan.manifest.snapshot.clone(),
+            url: plan.stage.url().to_string(),
+        }
+        .into());
+    }
+    let r = tokio::select! {
         r = resuming => r,
         _ = cancel => Err(LoadError::Interrupted),
-    }
+    };
+    lease.release().await;
+    r
+}
+
+async fn take_lease(plan: &LoadPlan) -> Result<replseed_stage::lease::Lease, LoadError> {
+    let id = &plan.manifest.snapshot;
+    let lease = plan
+        .stage
+        .take_lease(id, &format!("load into {}", plan.target.addr()))
+        .await?;
+    Ok(lease)
 }
 
 /// Runs a load that follows an extract while it writes the snapshot:
@@ -216,10 +243,13 @@ pub async fn run_following(
     progress: Arc<Progress>,
     cancel: impl std::future::Future<Output = ()> + Send,
 ) -> Result<LoadReport, LoadError> {
-    tokio::select! {
+    let lease = take_lease(&plan).await?;
+    let r = tokio::select! {
         r = run_inner(&plan, progress, Some(events)) => r,
         _ = cancel => Err(LoadError::Interrupted),
-    }
+    };
+    lease.release().await;
+    r
 }
 
 /// Checks a target without changing it (what [`run`] checks first): the

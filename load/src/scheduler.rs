@@ -336,12 +336,11 @@ async fn load_worker(
                 let n = loop {
                     let r = chunks::load_chunk(
                         &mut s.conn,
-                        server,
+                        &plan,
                         &db,
                         &table,
                         &chunk,
                         local.path.clone(),
-                        &plan.manifest.snapshot,
                     )
                     .await;
                     match r {

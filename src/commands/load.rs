@@ -22,6 +22,9 @@ pub fn plan(
     if opts.threads == 0 || opts.threads > 256 {
         bail!("--threads must be between 1 and 256");
     }
+    if opts.max_load_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--max-load-rate must be a positive number of MiB per second");
+    }
     let spool = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     if !spool.is_dir() {
         bail!("--spool-dir {} is not a directory", spool.display());
@@ -35,6 +38,7 @@ pub fn plan(
         spool,
         accounts: !opts.no_accounts,
         preview_accounts: None,
+        rate: replseed_db::throttle::RateLimit::new(opts.max_load_rate),
     })
 }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use replseed_extract::{ExtractPlan, Progress};
-use replseed_stage::{ChunkProps, Manifest};
+use replseed_stage::{ChunkProps, Manifest, StageError};
 
 use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};
 use crate::progress;
@@ -101,6 +101,9 @@ pub fn extract_plan(
     if tuning.chunk_rows == 0 {
         bail!("--chunk-rows must be at least 1");
     }
+    if tuning.max_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        bail!("--max-rate must be a positive number of MiB per second");
+    }
     if !(1..=22).contains(&tuning.zstd_level) {
         bail!("--zstd-level must be between 1 and 22");
     }
@@ -132,6 +135,17 @@ pub fn extract_plan(
         lock_free_attempts: tuning.lock_free_attempts,
         accounts,
         events: None,
+        max_rate: tuning.max_rate,
+        guard: replseed_db::throttle::GuardLimits {
+            max_threads_running: tuning.max_threads_running,
+            max_replica_lag: tuning.max_replica_lag,
+            replicas: tuning
+                .lag_replicas
+                .iter()
+                .map(|u| credentials::server("replica", u))
+                .collect::<Result<_>>()?,
+            own_sessions: 0,
+        },
     })
 }
 
@@ -388,10 +402,20 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                     .cmp(&(a.finished_at.as_str(), a.snapshot.as_str()))
             });
             let mut deleted = Vec::new();
+            let mut in_use = Vec::new();
             for m in published.iter().skip(keep) {
-                stage.delete(&m.snapshot).await?;
-                eprintln!("pruned snapshot {}", m.snapshot);
-                deleted.push(m.snapshot.clone());
+                match stage.delete(&m.snapshot).await {
+                    Ok(_) => {
+                        eprintln!("pruned snapshot {}", m.snapshot);
+                        deleted.push(m.snapshot.clone());
+                    }
+                    // Being loaded: kept for a later prune.
+                    Err(e @ StageError::SnapshotInUse { .. }) => {
+                        eprintln!("kept {}: {e}", m.snapshot);
+                        in_use.push(m.snapshot.clone());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             // Incomplete prefixes older than the oldest kept snapshot are leftovers of failed runs.
             if let Some(oldest_kept) = published.iter().take(keep).next_back() {
@@ -400,9 +424,15 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                     .filter(|e| e.manifest.is_none() && e.problem.is_none())
                 {
                     if e.id.as_str() < oldest_kept.snapshot.as_str() {
-                        stage.delete(&e.id).await?;
-                        eprintln!("removed incomplete prefix {}", e.id);
-                        deleted.push(e.id.clone());
+                        match stage.delete(&e.id).await {
+                            Ok(_) => {
+                                eprintln!("removed incomplete prefix {}", e.id);
+                                deleted.push(e.id.clone());
+                            }
+                            // An extract still writing it.
+                            Err(StageError::SnapshotInUse { .. }) => in_use.push(e.id.clone()),
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
             }
@@ -412,7 +442,9 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 .map(|m| m.snapshot.clone())
                 .collect();
             if json {
-                print_json(json!({"stage": stage.url(), "kept": kept, "deleted": deleted}));
+                print_json(
+                    json!({"stage": stage.url(), "kept": kept, "deleted": deleted, "in_use": in_use}),
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -42,6 +42,16 @@ pub enum StageError {
         /// Stage URL.
         url: String,
     },
+    /// A load or an extract holds a lease on the snapshot.
+    #[error("snapshot `{id}` in {url} is in use and was not deleted: {}; retry when it is done (a lease of a process that died expires within 10 minutes)", holders.join("; "))]
+    SnapshotInUse {
+        /// Snapshot id.
+        id: String,
+        /// Stage URL.
+        url: String,
+        /// Who holds it, one line each.
+        holders: Vec<String>,
+    },
     /// No published snapshot with this id.
     #[error("no published snapshot `{id}` in {url}; `replseed snapshots list --stage {url}` shows what is there")]
     SnapshotNotFound {

@@ -4,7 +4,12 @@
 //! <stage root>/<snapshot>/manifest.json
 //! <stage root>/<snapshot>/accounts.json      (users, roles and grants; optional)
 //! <stage root>/<snapshot>/data/<database>/<table>/<job>-<part>.parquet
+//! <stage root>/.leases/<snapshot>/<holder>.json (who is reading or writing it)
 //! ```
+//!
+//! Leases live beside the snapshots, not in them (a published snapshot does
+//! not change), under a name no snapshot id can take (ids cannot start with
+//! `.`).
 //!
 //! Database and table names are encoded so that any identifier MariaDB
 //! accepts gives a key that every object store and filesystem keeps as is:
@@ -68,6 +73,16 @@ pub fn chunk_path(snapshot: &str, database: &str, table: &str, job: u32, part: u
         encode_segment(database),
         encode_segment(table)
     )
+}
+
+/// Folder of a snapshot's leases, relative to the stage root.
+pub fn leases_prefix(snapshot: &str) -> String {
+    format!(".leases/{snapshot}")
+}
+
+/// Path of one lease on a snapshot, relative to the stage root.
+pub fn lease_path(snapshot: &str, holder: &str) -> String {
+    format!(".leases/{snapshot}/{}.json", encode_segment(holder))
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@
 //! * [`manifest`]: the manifest, written last as the commit point.
 //! * [`types`]: the MariaDB-to-Arrow type mapping, both ways.
 //! * [`store`]: the [`Stage`] (local directory or S3 prefix) and chunk I/O.
+//! * [`lease`]: who is loading or writing a snapshot, so it is not deleted under them.
 //! * [`error`]: the [`StageError`] type.
 
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod layout;
+pub mod lease;
 pub mod manifest;
 pub mod signing;
 pub mod store;

@@ -206,7 +206,12 @@ impl Stage {
         p
     }
 
-    fn store_err(&self, key: &str, e: object_store::Error) -> StageError {
+    /// The object store behind the stage.
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn store_err(&self, key: &str, e: object_store::Error) -> StageError {
         match e {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StageError::Unreachable {
@@ -442,7 +447,18 @@ impl Stage {
 
     /// Deletes a snapshot: the manifest first (so it turns invisible at
     /// once), then every object under its prefix. Returns the objects deleted.
+    /// Refused while the snapshot has a live lease ([`crate::lease`]).
     pub async fn delete(&self, id: &str) -> Result<u64, StageError> {
+        self.remove(id, true).await
+    }
+
+    /// Removes an unpublished snapshot that the caller itself was writing
+    /// (its own lease does not stop it).
+    pub async fn discard(&self, id: &str) -> Result<u64, StageError> {
+        self.remove(id, false).await
+    }
+
+    async fn remove(&self, id: &str, leased: bool) -> Result<u64, StageError> {
         layout::validate_snapshot_id(id)?;
         if self.state(id).await? == SnapshotState::Absent {
             return Err(StageError::SnapshotNotFound {
@@ -450,12 +466,36 @@ impl Stage {
                 url: self.url.clone(),
             });
         }
+        // Not while a load reads it or an extract writes it.
+        if leased {
+            self.check_unleased(id).await?;
+        }
         let mkey = layout::manifest_path(id);
+        let mpath = self.object_path(&mkey);
+        let manifest = match self.store.get(&mpath).await {
+            Ok(r) => Some(r.bytes().await.map_err(|e| self.store_err(&mkey, e))?),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(self.store_err(&mkey, e)),
+        };
         let mut n = 0;
-        match self.store.delete(&self.object_path(&mkey)).await {
+        match self.store.delete(&mpath).await {
             Ok(()) => n += 1,
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.store_err(&mkey, e)),
+        }
+        // A load that took its lease while the manifest was still there may
+        // be reading it: put the manifest back and leave the snapshot alone.
+        if let Err(in_use) = match leased {
+            true => self.check_unleased(id).await,
+            false => Ok(()),
+        } {
+            if let Some(body) = manifest {
+                self.store
+                    .put(&mpath, PutPayload::from(body))
+                    .await
+                    .map_err(|e| self.store_err(&mkey, e))?;
+            }
+            return Err(in_use);
         }
         let prefix = self.object_path(id);
         let metas: Vec<_> = self
