@@ -83,6 +83,46 @@ pub enum Command {
     Provision(ProvisionArgs),
     /// Compare a master and a replica: checksums, row counts and DDL of every object.
     Verify(VerifyArgs),
+    /// Archive the master's binary log into the stage, from where the
+    /// archive ends (or the oldest snapshot), following it for ever or
+    /// --until-current.
+    Archive(ArchiveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// The master: mysql://user:password@host:port (needs REPLICATION SLAVE
+    /// and BINLOG MONITOR).
+    #[arg(long, env = "REPLSEED_SOURCE")]
+    pub source: String,
+
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Stop once the master's binlog position at the start is archived (for
+    /// cron); without it, follow the master until stopped (for systemd).
+    #[arg(long, env = "REPLSEED_UNTIL_CURRENT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub until_current: bool,
+
+    /// The archiver's server_id on the master: unique among its replicas.
+    #[arg(
+        long,
+        env = "REPLSEED_ARCHIVE_SERVER_ID",
+        default_value_t = 4_000_000_001
+    )]
+    pub server_id: u32,
+
+    /// Publish a segment when it holds this many MiB of binlog.
+    #[arg(long, env = "REPLSEED_SEGMENT_MB", default_value_t = 64)]
+    pub segment_mb: u64,
+
+    /// ... or when its oldest transaction is this many seconds old.
+    #[arg(long, env = "REPLSEED_SEGMENT_SECS", default_value_t = 60)]
+    pub segment_secs: u64,
+
+    /// Print a one-line JSON summary on stdout.
+    #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

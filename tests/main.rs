@@ -2,6 +2,7 @@
 //! and an in-process S3 server (see ci/testkit). One binary, many modules.
 
 mod accounts;
+mod archive;
 mod common;
 mod consistency;
 mod encode;

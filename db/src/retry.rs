@@ -12,15 +12,17 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 
 /// Server errors that a retry can cure: lock wait timeout, deadlock, too
-/// many connections, shutdown in progress, connection killed, server gone
-/// away, lost connection.
-const TRANSIENT_CODES: &[u16] = &[1205, 1213, 1040, 1053, 1927, 2006, 2013];
+/// many connections, shutdown in progress, server gone away, lost
+/// connection. Not 1927 (`KILL` of the session): that is an operator's
+/// decision, and the run stops.
+const TRANSIENT_CODES: &[u16] = &[1205, 1213, 1040, 1053, 2006, 2013];
 
 /// Whether retrying can cure this driver error.
 pub fn is_transient(e: &mysql_async::Error) -> bool {
     use mysql_async::{DriverError, Error};
     match e {
-        Error::Io(_) => true,
+        // A certificate that does not pass is not cured by waiting.
+        Error::Io(io) => !io.to_string().contains("certificate"),
         Error::Server(s) => TRANSIENT_CODES.contains(&s.code),
         Error::Driver(d) => matches!(
             d,

@@ -417,6 +417,7 @@ pub async fn run(
     };
     // While it writes, the snapshot is leased: `snapshots delete` and
     // `prune` leave it alone.
+    plan.stage.check_access().await?;
     let lease = plan
         .stage
         .take_lease(

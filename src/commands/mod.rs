@@ -14,6 +14,7 @@ use replseed_stage::{ChunkProps, Manifest, StageError};
 use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};
 use crate::progress;
 
+mod archive;
 mod credentials;
 mod load;
 pub mod replicate;
@@ -82,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Catchup(a) => replicate::catchup(a, bars).await,
         Command::Provision(a) => replicate::provision(a, bars).await,
         Command::Verify(a) => replicate::verify(a).await,
+        Command::Archive(a) => archive::run(a).await,
     }
 }
 

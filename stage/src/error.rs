@@ -52,6 +52,14 @@ pub enum StageError {
         /// Who holds it, one line each.
         holders: Vec<String>,
     },
+    /// Another archiver wrote this segment number first.
+    #[error("binlog segment {seq} in {url} was written by another archiver; run one `replseed archive` per stage")]
+    SegmentExists {
+        /// Segment number.
+        seq: u64,
+        /// Stage URL.
+        url: String,
+    },
     /// No published snapshot with this id.
     #[error("no published snapshot `{id}` in {url}; `replseed snapshots list --stage {url}` shows what is there")]
     SnapshotNotFound {

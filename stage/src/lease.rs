@@ -63,7 +63,8 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn holder_id() -> String {
+/// `host-pid-random`: names a process in leases and archive segments.
+pub fn holder_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

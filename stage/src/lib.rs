@@ -8,11 +8,13 @@
 //! * [`manifest`]: the manifest, written last as the commit point.
 //! * [`types`]: the MariaDB-to-Arrow type mapping, both ways.
 //! * [`store`]: the [`Stage`] (local directory or S3 prefix) and chunk I/O.
+//! * [`archive`]: the binlog archive (segments of the master's binlog).
 //! * [`lease`]: who is loading or writing a snapshot, so it is not deleted under them.
 //! * [`error`]: the [`StageError`] type.
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod error;
 pub mod layout;
 pub mod lease;

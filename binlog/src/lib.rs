@@ -1,0 +1,20 @@
+//! The MariaDB binary log, for catch-up beyond what the master keeps.
+//!
+//! * [`gtid`]: GTIDs and GTID states.
+//! * [`event`]: events as bytes: the header, the bodies replseed reads, the
+//!   events it makes, CRC32.
+//! * [`segment`]: one archive segment being assembled.
+//! * [`archiver`]: `replseed archive`, the master's binlog into the stage.
+//!
+//! The archive's layout and segment manifests belong to the stage
+//! (`replseed_stage::archive`).
+
+#![warn(missing_docs)]
+
+pub mod archiver;
+pub mod event;
+pub mod gtid;
+pub mod segment;
+
+pub use archiver::{ArchiveError, ArchivePlan, ArchiveReport};
+pub use gtid::{Gtid, GtidState};

@@ -1,0 +1,150 @@
+//! One archive segment being assembled: a self-contained binlog file of
+//! whole transactions, and the facts its manifest records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use replseed_stage::archive::{DomainRange, SegmentManifest, SEGMENT_FORMAT, SEGMENT_VERSION};
+
+use crate::event::{self, RawEvent, MAGIC};
+use crate::gtid::{Gtid, GtidState};
+
+/// A segment in memory: at most its size limit plus one transaction.
+#[derive(Debug)]
+pub struct SegmentBuilder {
+    buf: Vec<u8>,
+    checksummed: bool,
+    start: GtidState,
+    end: GtidState,
+    domains: BTreeMap<u32, DomainRange>,
+    server_ids: BTreeSet<u32>,
+    master_server_id: u32,
+    server_version: String,
+    master_file: String,
+    first_pos: Option<u64>,
+    last_pos: u64,
+    events: u64,
+    transactions: u64,
+    last_event_time: u32,
+    opened: Instant,
+}
+
+impl SegmentBuilder {
+    /// Starts a segment at `start` with the master's format description.
+    pub fn new(fde: &RawEvent, start: GtidState, master_server_id: u32, master_file: &str) -> Self {
+        let checksummed = fde.fde_checksum_alg().unwrap_or(0) == 1;
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(fde.bytes());
+        buf.extend_from_slice(event::gtid_list(&start, master_server_id, checksummed).bytes());
+        SegmentBuilder {
+            buf,
+            checksummed,
+            end: start.clone(),
+            start,
+            domains: BTreeMap::new(),
+            server_ids: BTreeSet::new(),
+            master_server_id,
+            server_version: fde.fde_server_version(),
+            master_file: master_file.to_string(),
+            first_pos: None,
+            last_pos: 0,
+            events: 2,
+            transactions: 0,
+            last_event_time: 0,
+            opened: Instant::now(),
+        }
+    }
+
+    /// Adds one whole transaction (its GTID event first).
+    pub fn push(&mut self, gtid: Gtid, events: &[RawEvent]) {
+        for e in events {
+            if self.first_pos.is_none() {
+                self.first_pos =
+                    Some(u64::from(e.log_pos()).saturating_sub(e.bytes().len() as u64));
+            }
+            self.buf.extend_from_slice(e.bytes());
+            self.last_pos = u64::from(e.log_pos());
+        }
+        self.events += events.len() as u64;
+        self.transactions += 1;
+        self.last_event_time = events.first().map(RawEvent::timestamp).unwrap_or(0);
+        self.server_ids.insert(gtid.server);
+        self.end.apply(gtid);
+        let d = self
+            .domains
+            .entry(gtid.domain)
+            .or_insert_with(|| DomainRange {
+                domain: gtid.domain,
+                first: gtid.to_string(),
+                last: gtid.to_string(),
+                transactions: 0,
+            });
+        d.last = gtid.to_string();
+        d.transactions += 1;
+    }
+
+    /// No transaction yet.
+    pub fn is_empty(&self) -> bool {
+        self.transactions == 0
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Time since the segment was opened.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
+    /// The state after the last transaction.
+    pub fn end(&self) -> &GtidState {
+        &self.end
+    }
+
+    /// The master's file the segment's events come from.
+    pub fn master_file(&self) -> &str {
+        &self.master_file
+    }
+
+    /// The binlog file and its manifest (sizes and hashes are filled in
+    /// when it is stored).
+    pub fn finish(
+        self,
+        seq: u64,
+        prev: Option<&SegmentManifest>,
+        source: &str,
+        archiver: &str,
+    ) -> (Vec<u8>, SegmentManifest) {
+        let m = SegmentManifest {
+            format: SEGMENT_FORMAT.into(),
+            format_version: SEGMENT_VERSION,
+            seq,
+            start_state: self.start.to_string(),
+            end_state: self.end.to_string(),
+            prev_seq: prev.map(|p| p.seq),
+            prev_end_state: prev.map(|p| p.end_state.clone()),
+            domains: self.domains.into_values().collect(),
+            server_ids: self.server_ids.into_iter().collect(),
+            master_server_id: self.master_server_id,
+            server_version: self.server_version,
+            master_file: self.master_file,
+            first_pos: self.first_pos.unwrap_or(0),
+            last_pos: self.last_pos,
+            checksum_alg: if self.checksummed { "CRC32" } else { "NONE" }.into(),
+            events: self.events,
+            transactions: self.transactions,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            sha256_raw: String::new(),
+            sha256_stored: String::new(),
+            last_event_time: self.last_event_time,
+            created_at: replseed_stage::now_rfc3339(),
+            archiver: archiver.to_string(),
+            source: source.to_string(),
+        };
+        (self.buf, m)
+    }
+}

@@ -1,0 +1,46 @@
+//! `replseed archive`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use replseed_binlog::ArchivePlan;
+
+use super::{credentials, print_json, shutdown_signal};
+use crate::cli::ArchiveArgs;
+
+pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
+    if a.server_id == 0 {
+        bail!("--server-id must not be 0 (a master refuses a replica with server_id 0)");
+    }
+    if a.segment_mb == 0 || a.segment_secs == 0 {
+        bail!("--segment-mb and --segment-secs must be at least 1");
+    }
+    let plan = ArchivePlan {
+        source: credentials::server("source", &a.source)?,
+        stage: credentials::stage(&a.stage.stage)?,
+        server_id: a.server_id,
+        until_current: a.until_current,
+        segment_bytes: (a.segment_mb as usize) << 20,
+        segment_age: Duration::from_secs(a.segment_secs),
+        zstd_level: 3,
+    };
+    let source = plan.source.addr();
+    let r = replseed_binlog::archiver::run(plan, shutdown_signal())
+        .await
+        .with_context(|| format!("archiving the binary log of {source} failed"))?;
+    eprintln!(
+        "archived {} transactions in {} segments ({:.1} MiB of binlog, {:.1} MiB stored) from '{}' to '{}' in {:.1} s",
+        r.transactions,
+        r.segments,
+        r.bytes_raw as f64 / 1048576.0,
+        r.bytes_stored as f64 / 1048576.0,
+        r.from,
+        r.to,
+        r.elapsed_s
+    );
+    if a.json {
+        print_json(serde_json::to_value(&r)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

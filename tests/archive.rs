@@ -1,0 +1,385 @@
+//! The binlog archive: `replseed archive` stores the master's binary log
+//! in the stage as a chain of segments, each a valid binlog file of whole
+//! transactions. Checked here by applying the archive to a loaded replica
+//! with `mariadb-binlog | mariadb` after the master purged those binlogs,
+//! and comparing it with the master; by killing the archiver mid-segment;
+//! and by restarting the master under it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// The segment manifests of a file stage, by sequence number.
+fn segments(stage_dir: &Path) -> Vec<serde_json::Value> {
+    let dir = stage_dir.join(".binlog/segments");
+    let mut out: Vec<serde_json::Value> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort_by_key(|s| s["seq"].as_u64().unwrap());
+    out
+}
+
+fn seq_of(gtid: &str) -> (u32, u64) {
+    let p: Vec<&str> = gtid.split('-').collect();
+    (p[0].parse().unwrap(), p[2].parse().unwrap())
+}
+
+/// The chain has no gap and no duplicate: each segment starts where the one
+/// before ended, and in every domain the sequence numbers go on by one.
+fn assert_chain(segs: &[serde_json::Value]) {
+    let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+    for (i, s) in segs.iter().enumerate() {
+        assert_eq!(s["seq"].as_u64().unwrap(), i as u64 + 1, "segment numbers");
+        if i > 0 {
+            assert_eq!(
+                s["start_state"],
+                segs[i - 1]["end_state"],
+                "segment {} start",
+                i + 1
+            );
+            assert_eq!(s["prev_end_state"], segs[i - 1]["end_state"]);
+        }
+        for d in s["domains"].as_array().unwrap() {
+            let (dom, first) = seq_of(d["first"].as_str().unwrap());
+            let (_, lastseq) = seq_of(d["last"].as_str().unwrap());
+            if let Some(prev) = last.get(&dom) {
+                assert_eq!(
+                    first,
+                    prev + 1,
+                    "domain {dom}: segment {} starts at {first} after {prev}",
+                    i + 1
+                );
+            }
+            assert_eq!(
+                lastseq - first + 1,
+                d["transactions"].as_u64().unwrap(),
+                "domain {dom} of segment {}: a gap or a duplicate inside",
+                i + 1
+            );
+            last.insert(dom, lastseq);
+        }
+    }
+}
+
+/// Applies every archived segment to `t` with mariadb-binlog, in order.
+async fn apply_archive(stage_dir: &Path, t: &MariaDb) {
+    for s in segments(stage_dir) {
+        let seq = s["seq"].as_u64().unwrap();
+        let stored =
+            std::fs::read(stage_dir.join(format!(".binlog/segments/{seq:012}.bin.zst"))).unwrap();
+        let raw = zstd::decode_all(&stored[..]).unwrap();
+        assert_eq!(raw.len() as u64, s["bytes_raw"].as_u64().unwrap());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &raw).unwrap();
+        let decoded = std::process::Command::new("mariadb-binlog")
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(
+            decoded.status.success(),
+            "mariadb-binlog refused segment {seq}: {}",
+            String::from_utf8_lossy(&decoded.stderr)
+        );
+        let mut client = std::process::Command::new("mariadb")
+            .args([
+                "-h127.0.0.1",
+                "-uroot",
+                &format!("-P{}", t.port),
+                "--max-allowed-packet=1G",
+                "--binary-mode",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        client
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&decoded.stdout)
+            .unwrap();
+        let out = client.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "applying segment {seq}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+const WRITES: &str = "
+USE a;
+INSERT INTO a.t SELECT seq + 100000, seq, REPEAT('w', 50) FROM seq_1_to_3000;
+UPDATE a.t SET v = v + 1 WHERE id % 7 = 0;
+DELETE FROM a.t WHERE id % 11 = 0;
+ALTER TABLE a.t ADD COLUMN extra INT DEFAULT 5;
+CREATE TABLE a.m (id INT PRIMARY KEY, b LONGBLOB) ENGINE=MyISAM;
+INSERT INTO a.m VALUES (1, REPEAT(x'A5', 20 * 1024 * 1024));
+SET SESSION gtid_domain_id = 1;
+INSERT INTO a.t (id, v, c) VALUES (900001, 1, 'domain one');
+CREATE TABLE a.d1 (id INT PRIMARY KEY) ENGINE=InnoDB;
+INSERT INTO a.d1 SELECT seq FROM seq_1_to_500;
+SET SESSION gtid_domain_id = 0;
+";
+
+async fn master_with_snapshot(stage: &str) -> MariaDb {
+    let m = master().await;
+    exec(
+        &m,
+        "SET GLOBAL max_allowed_packet = 256 * 1024 * 1024; \
+         CREATE DATABASE a; USE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT, c VARCHAR(60)); \
+         INSERT INTO a.t SELECT seq, seq, 'before' FROM seq_1_to_20000; \
+         SET SESSION gtid_domain_id = 1; INSERT INTO a.t (id, v, c) VALUES (800001, 1, 'domain 1 before'); SET SESSION gtid_domain_id = 0;",
+    )
+    .await;
+    extract_ok(&m.url(), stage, "s1", &["--no-accounts"]).await;
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_outlives_the_masters_binlogs() {
+    let (dir, stage) = local_stage();
+    let m = master_with_snapshot(&stage).await;
+    exec(&m, WRITES).await;
+    exec(&m, "FLUSH BINARY LOGS").await;
+    exec(
+        &m,
+        "INSERT INTO a.t (id, v, c) VALUES (700001, 1, 'in the second file')",
+    )
+    .await;
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    let r = replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(r["to"].as_str().unwrap(), goal, "{r}");
+    let segs = segments(dir.path());
+    assert!(
+        segs.len() >= 2,
+        "one segment per master binlog file: {segs:?}"
+    );
+    assert_eq!(segs.last().unwrap()["end_state"].as_str().unwrap(), goal);
+    assert_eq!(segs[0]["start_state"], r["from"]);
+    assert_chain(&segs);
+    // Again: nothing new, nothing written.
+    let again = replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+            "--json",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(again["segments"], 0);
+
+    // The master forgets those binlogs.
+    // (A dump thread of the archiver that has not noticed its client left
+    // keeps its file: purge until only the new file is left.)
+    exec(&m, "FLUSH BINARY LOGS").await;
+    let start = Instant::now();
+    loop {
+        exec(&m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
+        let files = scalar(
+            &m,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+        )
+        .await;
+        let mut c = m.conn().await.unwrap();
+        use mysql_async::prelude::Queryable;
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        if logs.len() == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the master keeps {} binlogs ({files} dump threads)",
+            logs.len()
+        );
+        exec(&m, "FLUSH BINARY LOGS").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    let purged = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
+    assert_eq!(
+        purged.status.code(),
+        Some(3),
+        "the master still had the binlogs"
+    );
+    // The archive alone brings the replica to the master's position ...
+    apply_archive(dir.path(), &t).await;
+    assert_identical(&m, &t, &["a"]).await;
+    // ... from where the master can take it on.
+    exec(
+        &t,
+        &format!(
+            "SET GLOBAL gtid_slave_pos = '{goal}'; \
+             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE;",
+            m.port
+        ),
+    )
+    .await;
+    still_replicating(
+        &m,
+        &t,
+        "INSERT INTO a.t (id, v, c) VALUES (700002, 2, 'after the purge')",
+    )
+    .await;
+    assert_identical(&m, &t, &["a"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_master_restart() {
+    let (dir, stage) = local_stage();
+    let mut m = master_with_snapshot(&stage).await;
+    let spawn = |url: String, stage: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
+            .args([
+                "archive",
+                "--source",
+                &url,
+                "--stage",
+                &stage,
+                "--segment-secs",
+                "1",
+            ])
+            .env("REPLSEED_NO_PROGRESS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(m.url(), stage.clone());
+    // Writes while it follows; killed once a segment is out, mid-stream.
+    let start = Instant::now();
+    let mut i = 0;
+    while segments(dir.path()).len() < 2 {
+        exec(
+            &m,
+            &format!(
+                "INSERT INTO a.t (id, v, c) VALUES ({}, {i}, 'follow')",
+                200000 + i
+            ),
+        )
+        .await;
+        i += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no segment published while following"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for j in 0..50 {
+        exec(
+            &m,
+            &format!(
+                "INSERT INTO a.t (id, v, c) VALUES ({}, {j}, 'unpublished')",
+                300000 + j
+            ),
+        )
+        .await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    exec(&m, WRITES).await;
+
+    // Started again, following; the master restarts under it.
+    let child = spawn(m.url(), stage.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.restart(Duration::from_secs(2)).await.unwrap();
+    for j in 0..30 {
+        exec(
+            &m,
+            &format!(
+                "INSERT INTO a.t (id, v, c) VALUES ({}, {j}, 'after restart')",
+                400000 + j
+            ),
+        )
+        .await;
+    }
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    let start = Instant::now();
+    loop {
+        let segs = segments(dir.path());
+        if segs.last().is_some_and(|s| s["end_state"] == goal.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the archiver did not reach {goal}: {:?}",
+            segs.last()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // SIGTERM: it publishes what it holds and ends cleanly.
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reconnecting"),
+        "the restart was not noticed: {stderr}"
+    );
+    let segs = segments(dir.path());
+    assert_chain(&segs);
+    // Every transaction since the snapshot, once: applied, the copy is exact.
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    apply_archive(dir.path(), &t).await;
+    assert_identical(&m, &t, &["a"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_needs_a_starting_point() {
+    let m = master().await;
+    let (_dir, stage) = local_stage();
+    let err = replseed_fails(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+        1,
+    )
+    .await;
+    assert!(
+        err.contains("no segment and no published snapshot"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
