@@ -87,6 +87,32 @@ pub enum Command {
     /// archive ends (or the oldest snapshot), following it for ever or
     /// --until-current.
     Archive(ArchiveArgs),
+    /// Serve the stage's binlog archive to MariaDB replicas over the
+    /// replication protocol (CHANGE MASTER TO MASTER_HOST=<this>, MASTER_USE_GTID=slave_pos).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub stage: StageArg,
+
+    /// Address to listen on.
+    #[arg(long, env = "REPLSEED_LISTEN", default_value = "127.0.0.1:3307")]
+    pub listen: String,
+
+    /// The server_id replicas see: not theirs, not the master's.
+    #[arg(
+        long,
+        env = "REPLSEED_SERVE_SERVER_ID",
+        default_value_t = 4_000_000_002
+    )]
+    pub server_id: u32,
+
+    /// The user replicas log in as (MASTER_USER); its password comes from
+    /// --replication-password-file or REPLSEED_REPLICATION_PASSWORD.
+    #[arg(long, env = "REPLSEED_REPLICATION_USER", default_value = "repl")]
+    pub replication_user: String,
 }
 
 #[derive(Debug, Args)]

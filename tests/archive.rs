@@ -383,3 +383,178 @@ async fn an_archive_needs_a_starting_point() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// A field of SHOW SLAVE STATUS.
+async fn status(t: &MariaDb, field: &str) -> String {
+    use mysql_async::prelude::Queryable;
+    let mut c = t.conn().await.unwrap();
+    let row: mysql_async::Row = c
+        .query_first("SHOW SLAVE STATUS")
+        .await
+        .unwrap()
+        .expect("a replica");
+    let i = row
+        .columns_ref()
+        .iter()
+        .position(|c| c.name_str() == field)
+        .expect("field");
+    text(&row.as_ref(i).unwrap().clone())
+}
+
+/// Points a replica's IO thread at `host:port` from `gtid` and waits until it has applied `goal`.
+async fn replicate_from(
+    t: &MariaDb,
+    port: u16,
+    user: &str,
+    password: &str,
+    gtid: &str,
+    goal: &str,
+) {
+    exec(
+        t,
+        &format!(
+            "STOP SLAVE; SET GLOBAL gtid_slave_pos = '{gtid}'; \
+             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='{user}', \
+             MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;"
+        ),
+    )
+    .await;
+    let reached = scalar(t, &format!("SELECT MASTER_GTID_WAIT('{goal}', 120)")).await;
+    if reached != "0" {
+        let mut c = t.conn().await.unwrap();
+        use mysql_async::prelude::Queryable;
+        let st: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await.unwrap();
+        panic!("replica on {} did not reach {goal}: {st:?}", t.port);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
+    let (dir, stage) = local_stage();
+    let m = master_with_snapshot(&stage).await;
+    let snapshot_gtid = replseed_ok(
+        &["snapshots", "show", "s1", "--stage", &stage, "--json"],
+        &[],
+    )
+    .await["gtid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    exec(&m, WRITES).await;
+    exec(&m, "FLUSH BINARY LOGS").await;
+    exec(
+        &m,
+        "INSERT INTO a.t (id, v, c) VALUES (700001, 1, 'second file')",
+    )
+    .await;
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+    )
+    .await;
+    assert!(segments(dir.path()).len() >= 2);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
+        .args([
+            "serve",
+            "--stage",
+            &stage,
+            "--listen",
+            &listen,
+            "--replication-user",
+            "repl",
+        ])
+        .env("REPLSEED_REPLICATION_PASSWORD", "s3cret")
+        .env("REPLSEED_NO_PROGRESS", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t1 = replica(2).await;
+    let t2 = replica(3).await;
+    for t in [&t1, &t2] {
+        load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    }
+    // A wrong password is refused.
+    exec(&t1, &format!("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='repl', MASTER_PASSWORD='wrong', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE IO_THREAD")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status(&t1, "Last_IO_Errno").await,
+        "1045",
+        "a wrong password was not refused"
+    );
+    // Both at once, from the archive alone.
+    let (a, b) = tokio::join!(
+        replicate_from(&t1, port, "repl", "s3cret", &snapshot_gtid, &goal),
+        replicate_from(&t2, port, "repl", "s3cret", &snapshot_gtid, &goal)
+    );
+    let _ = (a, b);
+    for t in [&t1, &t2] {
+        assert_identical(&m, t, &["a"]).await;
+    }
+    // New segments reach a replica that waits at the head.
+    exec(
+        &m,
+        "INSERT INTO a.t (id, v, c) VALUES (700002, 2, 'archived while served')",
+    )
+    .await;
+    let goal2 = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        scalar(&t1, &format!("SELECT MASTER_GTID_WAIT('{goal2}', 60)")).await,
+        "0"
+    );
+    // Then over to the master, which purged what the replicas got from the archive.
+    exec(&m, "FLUSH BINARY LOGS").await;
+    exec(&m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
+    for t in [&t1, &t2] {
+        let pos = scalar(t, "SELECT @@gtid_slave_pos").await;
+        exec(t, &format!("STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos; START SLAVE", m.port)).await;
+        let _ = pos;
+    }
+    for t in [&t1, &t2] {
+        still_replicating(
+            &m,
+            t,
+            &format!(
+                "INSERT INTO a.t (id, v, c) VALUES ({}, 3, 'from the master')",
+                710000 + t.port as u32
+            ),
+        )
+        .await;
+    }
+    assert_identical(&m, &t1, &["a"]).await;
+    assert_identical(&m, &t2, &["a"]).await;
+}

@@ -124,6 +124,16 @@ impl RawEvent {
         self.flags() & FLAG_ARTIFICIAL != 0
     }
 
+    /// Sets the header's `log_pos` (and the checksum with it).
+    pub fn set_log_pos(&mut self, pos: u32) {
+        self.bytes[13..17].copy_from_slice(&pos.to_le_bytes());
+        if self.checksummed {
+            let n = self.bytes.len();
+            let crc = crc32fast::hash(&self.bytes[..n - 4]);
+            self.bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
     /// The body, between the header and the checksum.
     pub fn body(&self) -> &[u8] {
         let end = self.bytes.len() - if self.checksummed { 4 } else { 0 };
@@ -278,7 +288,13 @@ pub fn fake_rotate(file: &str, pos: u64, server_id: u32, checksummed: bool) -> R
 
 /// A heartbeat naming the current file (what a master sends while idle).
 pub fn heartbeat(file: &str, server_id: u32, checksummed: bool) -> RawEvent {
-    build(types::HEARTBEAT, server_id, 0, file.as_bytes(), checksummed)
+    build(
+        types::HEARTBEAT,
+        server_id,
+        FLAG_ARTIFICIAL,
+        file.as_bytes(),
+        checksummed,
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //!   events it makes, CRC32.
 //! * [`segment`]: one archive segment being assembled.
 //! * [`archiver`]: `replseed archive`, the master's binlog into the stage.
+//! * [`serve`]: `replseed serve`, the archive to MariaDB replicas over the
+//!   replication protocol.
 //!
 //! The archive's layout and segment manifests belong to the stage
 //! (`replseed_stage::archive`).
@@ -15,6 +17,7 @@ pub mod archiver;
 pub mod event;
 pub mod gtid;
 pub mod segment;
+pub mod serve;
 
 pub use archiver::{ArchiveError, ArchivePlan, ArchiveReport};
 pub use gtid::{Gtid, GtidState};

@@ -44,3 +44,28 @@ pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `replseed serve`: until SIGINT/SIGTERM.
+pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
+    use secrecy::ExposeSecret;
+    let password = credentials::password("replication")?
+        .map(|p| p.expose_secret().to_string())
+        .unwrap_or_default();
+    if password.is_empty() {
+        tracing::warn!("the replication user has no password: set REPLSEED_REPLICATION_PASSWORD or --replication-password-file");
+    }
+    let plan = replseed_binlog::serve::ServePlan {
+        stage: credentials::stage(&a.stage.stage)?,
+        server_id: a.server_id,
+        user: a.replication_user,
+        password,
+        poll: Duration::from_secs(1),
+    };
+    let serving = replseed_binlog::serve::start(plan, &a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    eprintln!("serving the binlog archive on {}", serving.addr);
+    shutdown_signal().await;
+    drop(serving);
+    Ok(ExitCode::SUCCESS)
+}

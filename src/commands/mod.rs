@@ -84,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Provision(a) => replicate::provision(a, bars).await,
         Command::Verify(a) => replicate::verify(a).await,
         Command::Archive(a) => archive::run(a).await,
+        Command::Serve(a) => archive::serve(a).await,
     }
 }
 
