@@ -371,6 +371,16 @@ pub struct ReplicationOpts {
     #[arg(long, env = "REPLSEED_MASTER_SSL_KEY")]
     pub master_ssl_key: Option<String>,
 
+    /// Where replseed serves the stage's binlog archive to a replica whose
+    /// master purged the snapshot's binlogs (port 0: any free port).
+    #[arg(long, env = "REPLSEED_ARCHIVE_LISTEN", default_value = "127.0.0.1:0")]
+    pub archive_listen: String,
+
+    /// The host name or address a replica reaches --archive-listen at
+    /// (default: its address; set it when the replica is on another host).
+    #[arg(long, env = "REPLSEED_ARCHIVE_HOST")]
+    pub archive_host: Option<String>,
+
     /// Give up waiting for the replica to catch up after this many seconds (0 = no limit).
     #[arg(long, env = "REPLSEED_CATCHUP_TIMEOUT", default_value_t = 0)]
     pub catchup_timeout: u64,

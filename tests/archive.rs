@@ -221,27 +221,17 @@ async fn the_archive_outlives_the_masters_binlogs() {
         exec(&m, "FLUSH BINARY LOGS").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // catchup replays the archive to the replica, then hands it to the master.
     let t = replica(2).await;
     load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
-    let purged = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
-    assert_eq!(
-        purged.status.code(),
-        Some(3),
-        "the master still had the binlogs"
+    let out = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replicating from the binlog archive"),
+        "{stderr}"
     );
-    // The archive alone brings the replica to the master's position ...
-    apply_archive(dir.path(), &t).await;
     assert_identical(&m, &t, &["a"]).await;
-    // ... from where the master can take it on.
-    exec(
-        &t,
-        &format!(
-            "SET GLOBAL gtid_slave_pos = '{goal}'; \
-             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE;",
-            m.port
-        ),
-    )
-    .await;
     still_replicating(
         &m,
         &t,
@@ -249,6 +239,23 @@ async fn the_archive_outlives_the_masters_binlogs() {
     )
     .await;
     assert_identical(&m, &t, &["a"]).await;
+    // Run again: nothing is set back.
+    replseed_ok(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
+    still_replicating(
+        &m,
+        &t,
+        "INSERT INTO a.t (id, v, c) VALUES (700003, 3, 'again')",
+    )
+    .await;
+
+    // Every segment is a valid binlog file: mariadb-binlog applies the
+    // archive to another copy of the snapshot, which then equals the master
+    // as of the archive's end.
+    let t2 = replica(3).await;
+    load_ok(&stage, "s1", &t2.url(), &["--no-accounts"]).await;
+    apply_archive(dir.path(), &t2).await;
+    exec(&m, "DELETE FROM a.t WHERE id IN (700002, 700003)").await;
+    assert_identical(&m, &t2, &["a"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,4 +564,139 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
     }
     assert_identical(&m, &t1, &["a"]).await;
     assert_identical(&m, &t2, &["a"]).await;
+}
+
+/// Purges every binlog of the master but its current one.
+async fn purge_all(m: &MariaDb) {
+    let start = Instant::now();
+    loop {
+        exec(m, "FLUSH BINARY LOGS").await;
+        exec(m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
+        let mut c = m.conn().await.unwrap();
+        use mysql_async::prelude::Queryable;
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        if logs.len() == 1 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the master keeps its binlogs"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_catches_two_replicas_up_through_the_archive_at_once() {
+    let (_dir, stage) = local_stage();
+    let m = master_with_snapshot(&stage).await;
+    exec(&m, WRITES).await;
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+    )
+    .await;
+    purge_all(&m).await;
+    let t1 = replica(2).await;
+    let t2 = replica(3).await;
+    let out = replseed(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "s1",
+            "--target",
+            &t1.url(),
+            "--target",
+            &t2.url(),
+            "--no-accounts",
+        ],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("replicating from the binlog archive")
+            .count(),
+        2,
+        "{stderr}"
+    );
+    for t in [&t1, &t2] {
+        still_replicating(
+            &m,
+            t,
+            &format!(
+                "INSERT INTO a.t (id, v, c) VALUES ({}, 1, 'after')",
+                600000 + t.server_id
+            ),
+        )
+        .await;
+        assert_identical(&m, t, &["a"]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_exits_3_naming_what_neither_the_master_nor_the_archive_has() {
+    let (dir, stage) = local_stage();
+    let m = master_with_snapshot(&stage).await;
+    exec(
+        &m,
+        "INSERT INTO a.t (id, v, c) VALUES (500001, 1, 'first segment')",
+    )
+    .await;
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+    )
+    .await;
+    exec(&m, "FLUSH BINARY LOGS").await;
+    exec(
+        &m,
+        "INSERT INTO a.t (id, v, c) VALUES (500002, 1, 'not archived')",
+    )
+    .await;
+    purge_all(&m).await;
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    // The archive ends before the master's oldest binlog starts.
+    let err = replseed_fails(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[], 3).await;
+    assert!(err.contains("the archive covers"), "{err}");
+    assert!(err.contains("is missing"), "{err}");
+    // No archive at all.
+    for e in std::fs::read_dir(dir.path().join(".binlog/segments"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let err = replseed_fails(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[], 3).await;
+    assert!(err.contains("has no binlog archive"), "{err}");
+    // Nothing was changed on the replica.
+    assert_eq!(
+        scalar(
+            &t,
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'"
+        )
+        .await,
+        "0"
+    );
 }

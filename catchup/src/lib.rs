@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod filters;
 pub mod verify;
 
@@ -114,6 +115,9 @@ pub struct CatchupPlan {
     pub master_tls: MasterTls,
     /// Give up after this long (`None`: wait as long as it takes).
     pub timeout: Option<Duration>,
+    /// The stage's binlog archive, served to the replica when the master
+    /// has purged the snapshot's binlogs.
+    pub archive: Option<archive::ArchiveRoute>,
 }
 
 /// TLS of the replication link: `MASTER_SSL*` of `CHANGE MASTER`, from the
@@ -378,7 +382,6 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     let (src, tgt) = (&plan.source, &plan.target);
     set_state(progress, "checking the master's binlogs");
     let mut master = src.connect(&[]).await?;
-    check_binlogs(&mut master, src, m).await?;
     let master_id = text(&first(&mut master, src, "SELECT @@server_id", ()).await?[0]);
     let master_tls = tls_in_use(&mut master, src).await?;
 
@@ -415,9 +418,65 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         Err(e) => return Err(tgt.err("reading replseed.load_runs", &e).into()),
     };
     let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
+    // Before the hand-off: does the master still have what the replica
+    // needs, or can the stage's binlog archive bridge the gap?
+    let mut from_archive = None;
+    if matches!(status.as_deref(), Some("done") | Some("archive")) {
+        match check_binlogs(&mut master, src, m).await {
+            Ok(()) => {}
+            Err(CatchupError::BinlogPurged {
+                server,
+                file,
+                pos,
+                gtid,
+                detail,
+            }) => {
+                let why = match &plan.archive {
+                    Some(route) => {
+                        let master_from = archive::master_start(&mut master, src).await?;
+                        archive::bridge(&route.stage, m, &master_from).await?
+                    }
+                    None => Err("no binlog archive was given".to_string()),
+                };
+                match why {
+                    Ok(end) => from_archive = Some(end),
+                    Err(why) => {
+                        return Err(CatchupError::BinlogPurged {
+                            server,
+                            file,
+                            pos,
+                            gtid,
+                            detail: format!("{detail}; {why}"),
+                        })
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let configured = match status.as_deref() {
-        Some("done") => {
-            configure(&mut replica, plan, master_tls).await?;
+        Some("done") | Some("archive") => {
+            let resume = status.as_deref() == Some("archive");
+            if let (Some(end), Some(route)) = (&from_archive, &plan.archive) {
+                let ids = (
+                    text(&r[0]).parse().unwrap_or(0),
+                    master_id.parse().unwrap_or(0),
+                );
+                archive::replay(
+                    &mut replica,
+                    plan,
+                    route,
+                    end,
+                    ids,
+                    resume,
+                    filter.as_deref(),
+                )
+                .await?;
+            }
+            // After the archive (or a resumed one), the replica's position is
+            // where it is: only a fresh load starts at the snapshot's GTID.
+            let set_position = !resume && from_archive.is_none();
+            configure(&mut replica, plan, master_tls, set_position).await?;
             true
         }
         Some("replicating") => {
@@ -565,23 +624,26 @@ async fn configure(
     replica: &mut Conn,
     plan: &CatchupPlan,
     master_tls: bool,
+    set_position: bool,
 ) -> Result<(), CatchupError> {
     let tgt = &plan.target;
     let m = &plan.manifest;
     exec(replica, tgt, "STOP SLAVE", ()).await?;
     exec(replica, tgt, "RESET SLAVE ALL", ()).await?;
-    let set = "SET GLOBAL gtid_slave_pos=?";
-    replica
-        .exec_drop(set, (&m.position.gtid,))
-        .await
-        .map_err(|e| CatchupError::Setup {
-            server: tgt.name(),
-            detail: format!(
-                "SET GLOBAL gtid_slave_pos='{}' failed ({}); the target's own binary log has GTIDs that conflict with the master's: on a fresh replica run RESET MASTER, then catchup again",
-                m.position.gtid,
-                replseed_db::describe(&e).0
-            ),
-        })?;
+    if set_position {
+        let set = "SET GLOBAL gtid_slave_pos=?";
+        replica
+            .exec_drop(set, (&m.position.gtid,))
+            .await
+            .map_err(|e| CatchupError::Setup {
+                server: tgt.name(),
+                detail: format!(
+                    "SET GLOBAL gtid_slave_pos='{}' failed ({}); the target's own binary log has GTIDs that conflict with the master's: on a fresh replica run RESET MASTER, then catchup again",
+                    m.position.gtid,
+                    replseed_db::describe(&e).0
+                ),
+            })?;
+    }
     exec(
         replica,
         tgt,

@@ -305,11 +305,15 @@ async fn run_inner(
         });
     }
     bookkeeping::ensure_schema(&mut conn, server).await?;
-    // `done`: loaded; `replicating`: loaded and handed over to replication.
+    // `done`: loaded; `archive`: loaded and replicating from the binlog
+    // archive; `replicating`: loaded and handed over to replication.
     // Either way there is nothing to do, and the run record must stay as it
     // is (catch-up relies on it never to rewind a running replica).
     let status = bookkeeping::run_status(&mut conn, server, &m.snapshot).await?;
-    if matches!(status.as_deref(), Some("done") | Some("replicating")) {
+    if matches!(
+        status.as_deref(),
+        Some("done") | Some("archive") | Some("replicating")
+    ) {
         info!(snapshot = %m.snapshot, target = %server.addr(), "snapshot already loaded on this target");
         let _ = conn.disconnect().await;
         return Ok(report(&m, 0, m.totals.chunks, Vec::new(), true));

@@ -21,6 +21,7 @@ fn catchup_plan(
     target: &str,
     manifest: Arc<Manifest>,
     r: &ReplicationOpts,
+    stage: &str,
 ) -> Result<CatchupPlan> {
     if r.replication_user.is_none() {
         tracing::warn!(
@@ -51,6 +52,11 @@ fn catchup_plan(
             r.master_ssl_key.clone(),
         ),
         timeout: (r.catchup_timeout > 0).then(|| Duration::from_secs(r.catchup_timeout)),
+        archive: Some(replseed_catchup::archive::ArchiveRoute {
+            stage: super::credentials::stage(stage)?,
+            listen: r.archive_listen.clone(),
+            host: r.archive_host.clone(),
+        }),
     })
 }
 
@@ -78,7 +84,7 @@ pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
     let stage = super::credentials::stage(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
     let source = super::credentials::server("source", &a.source)?;
-    let plan = catchup_plan(&source, &a.target, manifest, &a.replication)?;
+    let plan = catchup_plan(&source, &a.target, manifest, &a.replication, &a.stage.stage)?;
     let r = catchup_one(plan, bars).await?;
     if a.json {
         print_json(serde_json::to_value(&r)?);
@@ -114,7 +120,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                     m.clone(),
                     &a.opts,
                 )?;
-                let cplan = catchup_plan(&source, t, m.clone(), &a.replication)?;
+                let cplan = catchup_plan(&source, t, m.clone(), &a.replication, &a.stage.stage)?;
                 tasks.push(tokio::spawn(async move {
                     let l = super::load::load(lplan, bars && !many).await?;
                     let c = catchup_one(cplan, bars && !many).await?;
@@ -174,7 +180,8 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                         skeleton.clone(),
                         &a.opts,
                     )?;
-                    let cplan = catchup_plan(&source, t, skeleton.clone(), &a.replication)?;
+                    let cplan =
+                        catchup_plan(&source, t, skeleton.clone(), &a.replication, &a.stage.stage)?;
                     tasks.push(tokio::spawn(async move {
                         let (l, published) =
                             super::load::load_following(lplan, trx, bars && !many).await?;

@@ -1,0 +1,225 @@
+//! Catch-up through the stage's binlog archive, for when the master has
+//! purged the snapshot's binlogs: replseed serves the archive to the
+//! replica over the replication protocol (`replseed_binlog::serve`), waits
+//! until the replica has applied the archive's end, and hands it over to
+//! the master, which must still have everything after that.
+//!
+//! The run record on the target says `archive` while the replica reads the
+//! archive, so a catch-up that is run again resumes from where the replica
+//! is instead of setting its position back to the snapshot's.
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+use replseed_binlog::serve::{ServePlan, Serving};
+use replseed_binlog::GtidState;
+use replseed_db::{exec, first, quote_str, text, DbError, Server};
+use replseed_stage::archive::chain_breaks;
+use replseed_stage::{Manifest, Stage};
+use tracing::info;
+
+use crate::{slave_status, CatchupError, CatchupPlan};
+
+/// How the replica reaches replseed's binlog server.
+#[derive(Debug, Clone)]
+pub struct ArchiveRoute {
+    /// The stage whose archive is served.
+    pub stage: Stage,
+    /// Where to listen (`127.0.0.1:0`: a free port on this host).
+    pub listen: String,
+    /// The host name or address the replica connects to (default: the
+    /// listen address's host).
+    pub host: Option<String>,
+}
+
+/// The GTID state at the start of the master's oldest binary log.
+pub async fn master_start(
+    conn: &mut Conn,
+    server: &Server,
+) -> Result<(String, GtidState), DbError> {
+    let logs: Vec<Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| server.err("SHOW BINARY LOGS", &e))?;
+    let Some(oldest) = logs.into_iter().next().map(|r| text(&r.unwrap()[0])) else {
+        return Ok((String::new(), GtidState::default()));
+    };
+    let g = first(conn, server, "SELECT BINLOG_GTID_POS(?, 4)", (&oldest,)).await?;
+    let state = GtidState::parse(&g.first().map(text).unwrap_or_default()).unwrap_or_default();
+    Ok((oldest, state))
+}
+
+/// Whether the archive bridges the snapshot and the master: it starts at or
+/// before the snapshot's GTID, has no gap, and ends where the master's
+/// binary logs still are. Returns the archive's end, or why not (named for
+/// the exit-3 message).
+pub async fn bridge(
+    stage: &Stage,
+    m: &Manifest,
+    master_from: &(String, GtidState),
+) -> Result<Result<GtidState, String>, CatchupError> {
+    let segments = stage.segments().await.map_err(|e| CatchupError::Setup {
+        server: stage.url().to_string(),
+        detail: format!("reading the binlog archive: {e}"),
+    })?;
+    let snapshot = GtidState::parse(&m.position.gtid).unwrap_or_default();
+    let (Some(first_seg), Some(last_seg)) = (segments.first(), segments.last()) else {
+        return Ok(Err(format!(
+            "the stage {} has no binlog archive (`replseed archive` keeps one)",
+            stage.url()
+        )));
+    };
+    let start = GtidState::parse(&first_seg.start_state).unwrap_or_default();
+    let end = GtidState::parse(&last_seg.end_state).unwrap_or_default();
+    let range = format!("the archive covers '{start}' to '{end}'");
+    if !snapshot.covers(&start) {
+        return Ok(Err(format!(
+            "{range}, which starts after the snapshot's GTID '{snapshot}'"
+        )));
+    }
+    let breaks = chain_breaks(&segments);
+    if !breaks.is_empty() {
+        return Ok(Err(format!("{range} with a gap: {}", breaks.join("; "))));
+    }
+    if !end.covers(&master_from.1) {
+        return Ok(Err(format!(
+            "{range}, and the master's oldest binary log {} starts at '{}': '{end}' to '{}' is missing (run `replseed archive` more often than the master purges)",
+            master_from.0, master_from.1, master_from.1
+        )));
+    }
+    Ok(Ok(end))
+}
+
+fn random_password() -> String {
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).expect("OS randomness");
+    hex::encode(b)
+}
+
+/// Replicates the target from the archive until it has applied `end`.
+/// `resume`: the replica was reading the archive already (keep its position).
+pub async fn replay(
+    replica: &mut Conn,
+    plan: &CatchupPlan,
+    route: &ArchiveRoute,
+    end: &GtidState,
+    ids: (u32, u32),
+    resume: bool,
+    filter: Option<&str>,
+) -> Result<(), CatchupError> {
+    let tgt = &plan.target;
+    let m = &plan.manifest;
+    let server_id = (4_000_000_002u32..)
+        .find(|id| *id != ids.0 && *id != ids.1)
+        .expect("a free server id");
+    let password = random_password();
+    let user = "replseed_catchup";
+    let serving: Serving = replseed_binlog::serve::start(
+        ServePlan {
+            stage: route.stage.clone(),
+            server_id,
+            user: user.into(),
+            password: password.clone(),
+            poll: Duration::from_secs(1),
+        },
+        &route.listen,
+    )
+    .await
+    .map_err(|e| CatchupError::Setup {
+        server: tgt.name(),
+        detail: format!("cannot serve the binlog archive on {}: {e}", route.listen),
+    })?;
+    let host = route
+        .host
+        .clone()
+        .unwrap_or_else(|| serving.addr.ip().to_string());
+    exec(replica, tgt, "STOP SLAVE", ()).await?;
+    if !resume {
+        exec(replica, tgt, "RESET SLAVE ALL", ()).await?;
+        exec(
+            replica,
+            tgt,
+            "SET GLOBAL gtid_slave_pos=?",
+            (&m.position.gtid,),
+        )
+        .await?;
+    }
+    exec(
+        replica,
+        tgt,
+        &format!(
+            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_SSL=0",
+            quote_str(&host),
+            serving.addr.port(),
+            quote_str(user),
+            quote_str(&password),
+        ),
+        (),
+    )
+    .await?;
+    if let Some(f) = filter {
+        crate::filters::set(replica, tgt, f).await?;
+    }
+    // Recorded before START SLAVE: a re-run must not set the position back.
+    exec(
+        replica,
+        tgt,
+        "UPDATE replseed.load_runs SET status='archive' WHERE snapshot=?",
+        (&m.snapshot,),
+    )
+    .await?;
+    exec(replica, tgt, "START SLAVE", ()).await?;
+    info!(target = %tgt.addr(), archive = %route.stage.url(), end = %end, serving = %serving.addr, "replicating from the binlog archive");
+    let started = Instant::now();
+    let goal = end.to_string();
+    let mut io_down_since: Option<Instant> = None;
+    loop {
+        let r = first(replica, tgt, "SELECT MASTER_GTID_WAIT(?, 1)", (&goal,)).await?;
+        if text(&r[0]) == "0" {
+            break;
+        }
+        let st = slave_status(replica, tgt).await?;
+        let get = |k: &str| st.get(k).cloned().unwrap_or_default();
+        if get("Slave_SQL_Running") != "Yes" && !get("Last_SQL_Error").is_empty() {
+            return Err(CatchupError::Replication {
+                server: tgt.name(),
+                detail: format!(
+                    "applying the binlog archive, SQL thread error {}: {}",
+                    get("Last_SQL_Errno"),
+                    get("Last_SQL_Error")
+                ),
+            });
+        }
+        if get("Slave_IO_Running") != "Yes" && !get("Last_IO_Error").is_empty() {
+            let since = *io_down_since.get_or_insert_with(Instant::now);
+            if get("Last_IO_Errno") == "1236" || since.elapsed() > Duration::from_secs(30) {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: format!(
+                        "reading the binlog archive from replseed at {host}:{} (error {}): {}",
+                        serving.addr.port(),
+                        get("Last_IO_Errno"),
+                        get("Last_IO_Error")
+                    ),
+                });
+            }
+        } else {
+            io_down_since = None;
+        }
+        if let Some(t) = plan.timeout {
+            if started.elapsed() > t {
+                return Err(CatchupError::Timeout {
+                    server: tgt.name(),
+                    secs: t.as_secs(),
+                    at: get("Gtid_Slave_Pos"),
+                    goal: goal.clone(),
+                });
+            }
+        }
+    }
+    exec(replica, tgt, "STOP SLAVE", ()).await?;
+    info!(target = %tgt.addr(), at = %goal, secs = format!("{:.1}", started.elapsed().as_secs_f64()), "the archive is applied: handing over to the master");
+    drop(serving);
+    Ok(())
+}
