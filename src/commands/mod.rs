@@ -13,11 +13,13 @@ use replseed_stage::{ChunkProps, Manifest, StageError};
 
 use crate::cli::{Cli, Command, ExtractArgs, SnapshotsCommand, TuningArgs};
 use crate::progress;
+use stage_archive::ArchiveView;
 
 mod archive;
 mod credentials;
 mod load;
 pub mod replicate;
+mod stage_archive;
 
 /// An outcome that is not a success but has its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -229,19 +231,22 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
         SnapshotsCommand::List { stage, json } => {
             let stage = credentials::stage(&stage.stage)?;
             let entries = stage.list().await?;
+            let archive = ArchiveView::read_or_warn(&stage).await;
             let mut published = Vec::new();
             let mut incomplete = Vec::new();
             for e in &entries {
                 match &e.manifest {
                     Some(m) => {
+                        let from_archive = archive.covers(&m.position.gtid);
                         eprintln!(
-                            "{}  {}  gtid '{}'  {} tables  {} rows  {} bytes",
+                            "{}  {}  gtid '{}'  {} tables  {} rows  {} bytes  archive {}",
                             m.snapshot,
                             m.finished_at,
                             m.position.gtid,
                             m.totals.tables,
                             m.totals.rows,
-                            m.totals.bytes
+                            m.totals.bytes,
+                            if from_archive { "yes" } else { "no" }
                         );
                         published.push(json!({
                             "id": m.snapshot,
@@ -252,6 +257,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                             "tables": m.totals.tables,
                             "rows": m.totals.rows,
                             "bytes": m.totals.bytes,
+                            "archive": from_archive,
                         }));
                     }
                     None => {
@@ -266,16 +272,22 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
             if entries.is_empty() {
                 eprintln!("no snapshots in {}", stage.url());
             }
+            eprintln!("binlog archive: {}", archive.range_line());
             if json {
-                print_json(
-                    json!({"stage": stage.url(), "snapshots": published, "incomplete": incomplete}),
-                );
+                print_json(json!({
+                    "stage": stage.url(),
+                    "snapshots": published,
+                    "incomplete": incomplete,
+                    "archive_range": archive.range_json(),
+                }));
             }
             Ok(ExitCode::SUCCESS)
         }
         SnapshotsCommand::Show { id, stage, json } => {
             let stage = credentials::stage(&stage.stage)?;
             let m = stage.resolve(&id).await?;
+            let archive = ArchiveView::read_or_warn(&stage).await;
+            let verdict = archive.verdict(&m.position.gtid);
             if json {
                 let tables: Vec<_> = m
                     .tables()
@@ -301,6 +313,9 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                     "gtid": m.position.gtid,
                     "binlog_file": m.position.binlog_file,
                     "binlog_pos": m.position.binlog_pos,
+                    "archive": verdict.is_ok(),
+                    "archive_reason": verdict.as_ref().err(),
+                    "archive_range": archive.range_json(),
                     "consistency": m.consistency,
                     "totals": m.totals,
                     "databases": m.databases.iter().map(|d| json!({
@@ -326,6 +341,11 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                     m.position.binlog_file, m.position.binlog_pos
                 );
                 println!("gtid       '{}'", m.position.gtid);
+                println!("archive    {}", archive.range_line());
+                match &verdict {
+                    Ok(()) => println!("catch-up   from the archive: yes"),
+                    Err(why) => println!("catch-up   from the archive: no ({why})"),
+                }
                 println!(
                     "consistency {} (commits blocked {} ms, DDL blocked {} ms)",
                     m.consistency.method,
@@ -398,6 +418,10 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
         SnapshotsCommand::Prune { stage, keep, json } => {
             let stage = credentials::stage(&stage.stage)?;
             let entries = stage.list().await?;
+            // Read before anything is deleted: unreadable, nothing changes.
+            let archive = ArchiveView::read(&stage)
+                .await
+                .context("reading the binlog archive; nothing was pruned")?;
             let mut published: Vec<&Manifest> =
                 entries.iter().filter_map(|e| e.manifest.as_ref()).collect();
             published.sort_by(|a, b| {
@@ -444,10 +468,30 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 .take(keep)
                 .map(|m| m.snapshot.clone())
                 .collect();
-            if json {
-                print_json(
-                    json!({"stage": stage.url(), "kept": kept, "deleted": deleted, "in_use": in_use}),
+            // Segments entirely before every snapshot still there (kept, or
+            // kept because in use): lowest first, so the chain stays whole.
+            let still_there: Vec<&str> = published
+                .iter()
+                .filter(|m| kept.contains(&m.snapshot) || in_use.contains(&m.snapshot))
+                .map(|m| m.position.gtid.as_str())
+                .collect();
+            let mut segments_deleted = Vec::new();
+            for s in archive.prunable(&still_there) {
+                stage.delete_segment(s.seq).await?;
+                eprintln!(
+                    "pruned archive segment {} ('{}' .. '{}')",
+                    s.seq, s.start_state, s.end_state
                 );
+                segments_deleted.push(s.seq);
+            }
+            if json {
+                print_json(json!({
+                    "stage": stage.url(),
+                    "kept": kept,
+                    "deleted": deleted,
+                    "in_use": in_use,
+                    "segments_deleted": segments_deleted,
+                }));
             }
             Ok(ExitCode::SUCCESS)
         }
