@@ -412,3 +412,86 @@ async fn a_catchup_survives_every_target_connection_cut() {
     still_replicating(&m, &t, "INSERT INTO f.big VALUES (3000001, 1, 'after')").await;
     assert_identical(&m, &t, DBS).await;
 }
+
+/// A tmpfs of `mib` MiB mounted on a new directory (the tests run as root,
+/// as CI does); unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "mounting a {mib} MiB tmpfs needs root (CI runs the tests as root)"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_directory_stops_the_load_in_one_line_and_it_resumes() {
+    let m = master_with_data().await;
+    let s3 = S3Server::start(None, 0).await.unwrap();
+    s3.create_bucket("spool").unwrap();
+    let stage = "s3://spool/nightly";
+    replseed_ok(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            stage,
+            "--snapshot",
+            "sp1",
+        ],
+        &s3.env(),
+    )
+    .await;
+    let t = durable_target(2, &[]).await;
+    let disk = SmallDisk::mount(2);
+    let spool = disk.0.path().display().to_string();
+    let load = |spool: Option<String>| {
+        let mut args = vec![
+            "load".to_string(),
+            "--stage".into(),
+            stage.into(),
+            "--snapshot".into(),
+            "sp1".into(),
+            "--target".into(),
+            t.url(),
+        ];
+        if let Some(s) = spool {
+            args.extend(["--spool-dir".to_string(), s]);
+        }
+        args
+    };
+    let args = load(Some(spool.clone()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = replseed_fails(&args, &s3.env(), 1).await;
+    assert!(
+        err.contains(&format!("the spool directory {spool} is full")),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Nothing of it stays in the spool directory.
+    assert_eq!(std::fs::read_dir(disk.0.path()).unwrap().count(), 0);
+    drop(disk);
+    let args = load(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    replseed_ok(&args, &s3.env()).await;
+    assert_identical(&m, &t, DBS).await;
+}

@@ -576,9 +576,21 @@ impl Stage {
         spool: &std::path::Path,
     ) -> Result<LocalChunk, StageError> {
         let key = chunk.path.clone();
-        let io = |what: &str, e: std::io::Error| StageError::Io {
-            what: format!("{what} for chunk `{key}`"),
-            source: e,
+        let io = |what: &str, e: std::io::Error| {
+            match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => StageError::Io {
+                what: format!(
+                    "{what} for chunk `{key}`: the spool directory {} is full (a chunk of {} bytes did not fit); free space there or give --spool-dir a larger disk, then run the same load again (it resumes)",
+                    spool.display(),
+                    chunk.bytes
+                ),
+                source: e,
+            },
+            _ => StageError::Io {
+                what: format!("{what} for chunk `{key}`"),
+                source: e,
+            },
+        }
         };
         let mut hasher = Sha256::new();
         let mut size = 0u64;
