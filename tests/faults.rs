@@ -495,3 +495,32 @@ async fn a_full_spool_directory_stops_the_load_in_one_line_and_it_resumes() {
     replseed_ok(&args, &s3.env()).await;
     assert_identical(&m, &t, DBS).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provision_survives_every_target_connection_cut() {
+    let m = master_with_data().await;
+    let (_dir, stage) = local_stage();
+    let t = durable_target(2, &["--innodb-lock-wait-timeout=10"]).await;
+    let proxy = FaultProxy::start(local(&t)).await.unwrap();
+    let url = via(&proxy);
+    let mut child = spawn_replseed(
+        &[
+            "provision",
+            "--source",
+            &m.url(),
+            "--target",
+            &url,
+            "--stage",
+            &stage,
+        ],
+        &[],
+    );
+    fault_point(&proxy, 24 << 20, &mut child).await;
+    proxy.cut();
+    fault_point(&proxy, 8 << 20, &mut child).await;
+    proxy.cut();
+    let (ok, stderr) = finished(child).await;
+    assert!(ok, "the provision did not survive the cuts:\n{stderr}");
+    still_replicating(&m, &t, "INSERT INTO f.big VALUES (3000002, 1, 'after')").await;
+    assert_identical(&m, &t, DBS).await;
+}

@@ -60,6 +60,26 @@ fn catchup_plan(
     })
 }
 
+/// Whether a load failed for a fault that a later run cures.
+fn transient_load(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<replseed_load::LoadError>()
+            .is_some_and(|l| l.is_transient())
+    })
+}
+
+/// Waits until the extract publishes `id`; `Err` when it failed instead
+/// (its unpublished chunks are removed).
+async fn published_manifest(
+    stage: &replseed_stage::Stage,
+    id: &str,
+    mut extracted: tokio::sync::watch::Receiver<bool>,
+) -> Result<Arc<Manifest>> {
+    // The sender goes away when the extract fails.
+    extracted.wait_for(|done| *done).await?;
+    Ok(Arc::new(stage.read_manifest(id).await?))
+}
+
 async fn catchup_one(plan: CatchupPlan, bars: bool) -> Result<CatchupReport> {
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
@@ -168,6 +188,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
             plan.events = Some(tx);
             let extract = tokio::spawn(super::extract(plan, false));
+            let (extracted_tx, extracted_rx) = tokio::sync::watch::channel(false);
             let mut senders = Vec::new();
             // The first event carries the schema; without it the extract failed.
             if let Some(replseed_stage::SnapshotEvent::Started(skeleton)) = rx.recv().await {
@@ -182,9 +203,28 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                     )?;
                     let cplan =
                         catchup_plan(&source, t, skeleton.clone(), &a.replication, &a.stage.stage)?;
+                    let extracted = extracted_rx.clone();
                     tasks.push(tokio::spawn(async move {
+                        let again = lplan.clone();
                         let (l, published) =
-                            super::load::load_following(lplan, trx, bars && !many).await?;
+                            match super::load::load_following(lplan, trx, bars && !many).await {
+                                Ok(r) => r,
+                                // The target went away for longer than a chunk's
+                                // retries: load the snapshot again once it is
+                                // published, resuming what is in.
+                                Err(e) if transient_load(&e) => {
+                                    tracing::warn!("{e:#}; the load resumes once the extract has published the snapshot");
+                                    let m = published_manifest(&again.stage, &again.manifest.snapshot, extracted)
+                                        .await
+                                        .map_err(|_| e)?;
+                                    let plan = replseed_load::LoadPlan {
+                                        manifest: m.clone(),
+                                        ..again
+                                    };
+                                    (super::load::load(plan, false).await?, m)
+                                }
+                                Err(e) => return Err(e),
+                            };
                         let cplan = CatchupPlan {
                             manifest: published,
                             ..cplan
@@ -201,6 +241,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
             }
             drop(senders);
             let (m, secs) = extract.await.expect("extract task panicked")?;
+            let _ = extracted_tx.send(true);
             let j = extract_json(&m, secs);
             (Arc::new(m), j)
         }
