@@ -700,3 +700,69 @@ async fn catchup_exits_3_naming_what_neither_the_master_nor_the_archive_has() {
         "0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_binlog_is_archived_and_served() {
+    let (_dir, stage) = local_stage();
+    let m = MariaDb::start_with(MariaDbOptions {
+        server_id: 1,
+        extra_args: vec![
+            "--log-bin-compress=ON".into(),
+            "--log-bin-compress-min-len=10".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    exec(
+        &m,
+        "CREATE DATABASE a; USE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT, c VARCHAR(600)); \
+         INSERT INTO a.t SELECT seq, seq, REPEAT('c', 500) FROM seq_1_to_2000;",
+    )
+    .await;
+    extract_ok(&m.url(), &stage, "s1", &["--no-accounts"]).await;
+    exec(
+        &m,
+        "USE a; UPDATE a.t SET c = REPEAT('u', 590) WHERE id % 3 = 0; \
+         CREATE TABLE a.u (id INT PRIMARY KEY, note VARCHAR(400) DEFAULT 'a default long enough to be compressed in the query event'); \
+         INSERT INTO a.u (id) SELECT seq FROM seq_1_to_100; DELETE FROM a.t WHERE id % 5 = 0;",
+    )
+    .await;
+    {
+        use mysql_async::prelude::Queryable;
+        let mut c = m.conn().await.unwrap();
+        let evs: Vec<mysql_async::Row> = c.query("SHOW BINLOG EVENTS").await.unwrap();
+        let compressed = evs
+            .iter()
+            .filter(|r| text(&r.as_ref(2).unwrap().clone()).contains("compressed"))
+            .count();
+        assert!(
+            compressed > 10,
+            "the master wrote {compressed} compressed events"
+        );
+    }
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--until-current",
+        ],
+        &[],
+    )
+    .await;
+    purge_all(&m).await;
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    let out = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replicating from the binlog archive"),
+        "{stderr}"
+    );
+    still_replicating(&m, &t, "INSERT INTO a.u (id) VALUES (1000)").await;
+    assert_identical(&m, &t, &["a"]).await;
+}
