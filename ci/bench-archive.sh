@@ -8,17 +8,21 @@
 # Not part of CI. Prints a Markdown section; --write replaces the
 # "Binlog archive" section of docs/BENCHMARKS.md with it.
 #
-#   ci/bench-archive.sh [--seconds 30] [--threads 2] [--rows 100000] [--write]
+#   ci/bench-archive.sh [--seconds 30] [--threads 2] [--rows 100000] [--repeat 3] [--write]
+#
+# Each catch-up is repeated --repeat times on a fresh replica and the median
+# is reported (native ones first, then the master purges, then the archive's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-SECONDS_=30 THREADS=2 ROWS=100000 WRITE=0
+SECONDS_=30 THREADS=2 ROWS=100000 WRITE=0 REPEAT=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --rows) ROWS=$2; shift 2 ;;
     --write) WRITE=1; shift ;;
+    --repeat) REPEAT=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -62,28 +66,43 @@ AJ=$("$RS" archive --source $MASTER --stage "$STAGE" --until-current --json 2>/d
 j() { echo "$AJ" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 A_S=$(j elapsed_s) A_TRX=$(j transactions) A_EV=$(j events) A_RAW=$(j bytes_raw) A_STORED=$(j bytes_stored)
 
-echo "== native catch-up from the master" >&2
-start ra $APORT 2
-"$RS" load --stage "$STAGE" --snapshot base --target mysql://root@127.0.0.1:$APORT --no-accounts >/dev/null 2>&1
-NJ=$("$RS" catchup --stage "$STAGE" --snapshot base --source $MASTER --target mysql://root@127.0.0.1:$APORT --json 2>/dev/null)
-N_S=$(echo "$NJ" | python3 -c "import json,sys; print(json.load(sys.stdin)['elapsed_s'])")
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+fresh() {  # fresh NAME PORT ID: an empty replica with the snapshot loaded
+  "$SB" mariadb stop --dir "$WORK/$1" >/dev/null 2>&1 || true
+  rm -rf "${WORK:?}/$1"
+  start "$1" "$2" "$3"
+  "$RS" load --stage "$STAGE" --snapshot base --target "mysql://root@127.0.0.1:$2" --no-accounts >/dev/null 2>&1
+}
+elapsed() { python3 -c "import json,sys; print(json.load(sys.stdin)['elapsed_s'])"; }
 
-echo "== catch-up from the archive (master purged)" >&2
-start rb $BPORT 3
-"$RS" load --stage "$STAGE" --snapshot base --target mysql://root@127.0.0.1:$BPORT --no-accounts >/dev/null 2>&1
-"$SB" mariadb stop --dir "$WORK/ra" >/dev/null   # its dump thread would keep the binlogs
+echo "== native catch-up from the master (x$REPEAT)" >&2
+NS=()
+for _ in $(seq 1 "$REPEAT"); do
+  fresh ra $APORT 2
+  NS+=("$("$RS" catchup --stage "$STAGE" --snapshot base --source $MASTER --target mysql://root@127.0.0.1:$APORT --json 2>/dev/null | elapsed)")
+  "$SB" mariadb stop --dir "$WORK/ra" >/dev/null   # its dump thread would keep the binlogs
+done
+N_S=$(median "${NS[@]}")
+
+echo "== catch-up from the archive, master purged (x$REPEAT)" >&2
 mdb -P$MPORT -e "FLUSH BINARY LOGS"
 sleep 1
 mdb -P$MPORT -e "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY"
 [ "$(mdb -P$MPORT -N -e 'SHOW BINARY LOGS' | wc -l)" = 1 ] || { echo "the master kept binlogs" >&2; exit 1; }
-XJ=$("$RS" catchup --stage "$STAGE" --snapshot base --source $MASTER --target mysql://root@127.0.0.1:$BPORT --json 2>"$WORK/archive-catchup.log")
-grep -q "replicating from the binlog archive" "$WORK/archive-catchup.log" || { echo "the catch-up did not use the archive" >&2; exit 1; }
-X_S=$(echo "$XJ" | python3 -c "import json,sys; print(json.load(sys.stdin)['elapsed_s'])")
-for t in 1 2 3 4; do
-  a=$(mdb -P$MPORT -N -e "CHECKSUM TABLE sbtest.sbtest$t" | cut -f2)
-  b=$(mdb -P$BPORT -N -e "CHECKSUM TABLE sbtest.sbtest$t" | cut -f2)
-  [ "$a" = "$b" ] || { echo "sbtest$t differs after the archive catch-up" >&2; exit 1; }
+XS=()
+for _ in $(seq 1 "$REPEAT"); do
+  fresh rb $BPORT 3
+  XJ=$("$RS" catchup --stage "$STAGE" --snapshot base --source $MASTER --target mysql://root@127.0.0.1:$BPORT --json 2>"$WORK/archive-catchup.log")
+  grep -q "replicating from the binlog archive" "$WORK/archive-catchup.log" || { echo "the catch-up did not use the archive" >&2; exit 1; }
+  XS+=("$(echo "$XJ" | elapsed)")
+  APPLY=$(grep -o 'handing over to the master.*secs="[0-9.]*"' "$WORK/archive-catchup.log" | grep -o '[0-9.]*"$' | tr -d '"')
+  for t in 1 2 3 4; do
+    a=$(mdb -P$MPORT -N -e "CHECKSUM TABLE sbtest.sbtest$t" | cut -f2)
+    b=$(mdb -P$BPORT -N -e "CHECKSUM TABLE sbtest.sbtest$t" | cut -f2)
+    [ "$a" = "$b" ] || { echo "sbtest$t differs after the archive catch-up" >&2; exit 1; }
+  done
 done
+X_S=$(median "${XS[@]}")
 
 rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
 mib() { echo "$1 / 1048576" | bc -l | xargs printf '%.1f'; }
@@ -97,10 +116,10 @@ $SECONDS_ s with $THREADS threads; master and replicas are sandboxes on this mac
 
 | what | time (s) | rate | size |
 |---|---:|---:|---:|
-| master writing (sysbench) | $MASTER_S | $(rate "$TRX" "$MASTER_S") trx/s | $(mib "$BINLOG") MiB of binlog |
-| \`replseed archive --until-current\` | $A_S | $(rate "$A_TRX" "$A_S") trx/s, $(rate "$A_EV" "$A_S") events/s, $(echo "$A_RAW / 1048576 / $A_S" | bc -l | xargs printf '%.1f') MiB/s | $(mib "$A_RAW") MiB raw, $(mib "$A_STORED") MiB stored (zstd 3) |
-| catch-up from the master (native replication) | $N_S | $(rate "$TRX" "$N_S") trx/s | |
-| catch-up from the archive (\`replseed serve\`, master purged) | $X_S | $(rate "$TRX" "$X_S") trx/s | |
+| master writing (sysbench) | $(printf '%.1f' "$MASTER_S") | $(rate "$TRX" "$MASTER_S") trx/s | $(mib "$BINLOG") MiB of binlog |
+| \`replseed archive --until-current\` | $(printf '%.1f' "$A_S") | $(rate "$A_TRX" "$A_S") trx/s, $(rate "$A_EV" "$A_S") events/s, $(echo "$A_RAW / 1048576 / $A_S" | bc -l | xargs printf '%.1f') MiB/s | $(mib "$A_RAW") MiB raw, $(mib "$A_STORED") MiB stored (zstd 3) |
+| catch-up from the master (native replication) | $(printf '%.1f' "$N_S") | $(rate "$TRX" "$N_S") trx/s | median of $REPEAT (runs: ${NS[*]}) |
+| catch-up from the archive (\`replseed serve\`, master purged) | $(printf '%.1f' "$X_S") | $(rate "$TRX" "$X_S") trx/s | median of $REPEAT (runs: ${XS[*]}); applying the archive alone: $APPLY s in the last run |
 
 $TRX transactions. Catch-up times are \`replseed catchup\`'s own (\`elapsed_s\`: configuring the replica,
 replicating, handing over); the archive's includes serving the segments and switching the replica to the
