@@ -12,21 +12,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// The segment manifests of a file stage, by sequence number.
-fn segments(stage_dir: &Path) -> Vec<serde_json::Value> {
-    let dir = stage_dir.join(".binlog/segments");
-    let mut out: Vec<serde_json::Value> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort_by_key(|s| s["seq"].as_u64().unwrap());
-    out
-}
-
 fn seq_of(gtid: &str) -> (u32, u64) {
     let p: Vec<&str> = gtid.split('-').collect();
     (p[0].parse().unwrap(), p[2].parse().unwrap())
@@ -71,7 +56,7 @@ fn assert_chain(segs: &[serde_json::Value]) {
 
 /// Applies every archived segment to `t` with mariadb-binlog, in order.
 async fn apply_archive(stage_dir: &Path, t: &MariaDb) {
-    for s in segments(stage_dir) {
+    for s in archive_segments(stage_dir) {
         let seq = s["seq"].as_u64().unwrap();
         let stored =
             std::fs::read(stage_dir.join(format!(".binlog/segments/{seq:012}.bin.zst"))).unwrap();
@@ -171,7 +156,7 @@ async fn the_archive_outlives_the_masters_binlogs() {
     )
     .await;
     assert_eq!(r["to"].as_str().unwrap(), goal, "{r}");
-    let segs = segments(dir.path());
+    let segs = archive_segments(dir.path());
     assert!(
         segs.len() >= 2,
         "one segment per master binlog file: {segs:?}"
@@ -198,29 +183,7 @@ async fn the_archive_outlives_the_masters_binlogs() {
     // The master forgets those binlogs.
     // (A dump thread of the archiver that has not noticed its client left
     // keeps its file: purge until only the new file is left.)
-    exec(&m, "FLUSH BINARY LOGS").await;
-    let start = Instant::now();
-    loop {
-        exec(&m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
-        let files = scalar(
-            &m,
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
-        )
-        .await;
-        let mut c = m.conn().await.unwrap();
-        use mysql_async::prelude::Queryable;
-        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
-        if logs.len() == 1 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the master keeps {} binlogs ({files} dump threads)",
-            logs.len()
-        );
-        exec(&m, "FLUSH BINARY LOGS").await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    purge_all(&m).await;
     // catchup replays the archive to the replica, then hands it to the master.
     let t = replica(2).await;
     load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
@@ -284,7 +247,7 @@ async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_maste
     // Writes while it follows; killed once a segment is out, mid-stream.
     let start = Instant::now();
     let mut i = 0;
-    while segments(dir.path()).len() < 2 {
+    while archive_segments(dir.path()).len() < 2 {
         exec(
             &m,
             &format!(
@@ -331,7 +294,7 @@ async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_maste
     let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
     let start = Instant::now();
     loop {
-        let segs = segments(dir.path());
+        let segs = archive_segments(dir.path());
         if segs.last().is_some_and(|s| s["end_state"] == goal.as_str()) {
             break;
         }
@@ -358,7 +321,7 @@ async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_maste
         stderr.contains("reconnecting"),
         "the restart was not noticed: {stderr}"
     );
-    let segs = segments(dir.path());
+    let segs = archive_segments(dir.path());
     assert_chain(&segs);
     // Every transaction since the snapshot, once: applied, the copy is exact.
     let t = replica(2).await;
@@ -455,19 +418,8 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
     )
     .await;
     let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
-    assert!(segments(dir.path()).len() >= 2);
+    archive_now(&m, &stage).await;
+    assert!(archive_segments(dir.path()).len() >= 2);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -527,18 +479,7 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
     )
     .await;
     let goal2 = scalar(&m, "SELECT @@gtid_binlog_pos").await;
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
+    archive_now(&m, &stage).await;
     assert_eq!(
         scalar(&t1, &format!("SELECT MASTER_GTID_WAIT('{goal2}', 60)")).await,
         "0"
@@ -566,6 +507,23 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
     assert_identical(&m, &t2, &["a"]).await;
 }
 
+/// `replseed archive --until-current` from `m` into `stage`.
+async fn archive_now(m: &MariaDb, stage: &str) -> serde_json::Value {
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            stage,
+            "--until-current",
+            "--json",
+        ],
+        &[],
+    )
+    .await
+}
+
 /// Purges every binlog of the master but its current one.
 async fn purge_all(m: &MariaDb) {
     let start = Instant::now();
@@ -591,18 +549,7 @@ async fn provision_catches_two_replicas_up_through_the_archive_at_once() {
     let (_dir, stage) = local_stage();
     let m = master_with_snapshot(&stage).await;
     exec(&m, WRITES).await;
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
+    archive_now(&m, &stage).await;
     purge_all(&m).await;
     let t1 = replica(2).await;
     let t2 = replica(3).await;
@@ -656,18 +603,7 @@ async fn catchup_exits_3_naming_what_neither_the_master_nor_the_archive_has() {
         "INSERT INTO a.t (id, v, c) VALUES (500001, 1, 'first segment')",
     )
     .await;
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
+    archive_now(&m, &stage).await;
     exec(&m, "FLUSH BINARY LOGS").await;
     exec(
         &m,
@@ -741,18 +677,7 @@ async fn a_compressed_binlog_is_archived_and_served() {
             "the master wrote {compressed} compressed events"
         );
     }
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
+    archive_now(&m, &stage).await;
     purge_all(&m).await;
     let t = replica(2).await;
     load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;

@@ -2,24 +2,7 @@
 //! the GTID range it holds, whether each snapshot can be caught up from it,
 //! and pruning the segments no kept snapshot needs.
 
-use std::path::Path;
-
 use crate::common::*;
-
-/// The segment manifests of a file stage, by sequence number.
-fn segments(stage_dir: &Path) -> Vec<serde_json::Value> {
-    let dir = stage_dir.join(".binlog/segments");
-    let mut out: Vec<serde_json::Value> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort_by_key(|s| s["seq"].as_u64().unwrap());
-    out
-}
 
 fn seqs(segs: &[serde_json::Value]) -> Vec<u64> {
     segs.iter().map(|s| s["seq"].as_u64().unwrap()).collect()
@@ -123,7 +106,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
         s2["gtid"].as_str().unwrap(),
     );
     assert!(d0(g0) < d0(g1) && d0(g1) < d0(g2), "{g0} {g1} {g2}");
-    let segs = segments(dir.path());
+    let segs = archive_segments(dir.path());
     // One segment per master binlog file at least: s0..s1, s1.., ..s2, s2..
     assert!(segs.len() >= 4, "{segs:?}");
     assert_eq!(segs[0]["start_state"].as_str().unwrap(), g0);
@@ -159,7 +142,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
         )
         .unwrap();
     }
-    let segs = segments(dir.path());
+    let segs = archive_segments(dir.path());
     let start = segs[0]["start_state"].as_str().unwrap().to_string();
     assert!(d0(g0) < d0(&start) && d0(&start) <= d0(g1), "{start}");
     let l = list(&stage).await;
@@ -249,7 +232,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
     assert_eq!(deleted, vec!["s0", "s1"], "{p}");
     assert_eq!(p["in_use"].as_array().unwrap().len(), 0, "{p}");
     assert_eq!(p["segments_deleted"], serde_json::json!(before), "{p}");
-    let left = segments(dir.path());
+    let left = archive_segments(dir.path());
     assert_eq!(
         seqs(&left),
         seqs(&segs)[before.len()..].to_vec(),
@@ -289,5 +272,5 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
     )
     .await;
     assert_eq!(p["segments_deleted"], serde_json::json!([]), "{p}");
-    assert_eq!(seqs(&segments(dir.path())), seqs(&left));
+    assert_eq!(seqs(&archive_segments(dir.path())), seqs(&left));
 }

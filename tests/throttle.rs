@@ -135,6 +135,8 @@ async fn a_load_keeps_to_its_rate_and_its_snapshot_is_not_deleted_under_it() {
     let m = master_with_rows().await;
     let (_dir, stage) = local_stage();
     extract_ok(&m.url(), &stage, "old", &[]).await;
+    // Prune orders by finished_at (seconds), then id.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     extract_ok(&m.url(), &stage, "new", &[]).await;
     let t = replica(2).await;
     let start = Instant::now();

@@ -381,3 +381,18 @@ pub async fn load_fails(stage: &str, id: &str, target: &str, extra: &[&str]) -> 
     .concat();
     replseed_fails(&args, &[], 1).await
 }
+
+/// The binlog archive's segment manifests in a file stage, by sequence number.
+pub fn archive_segments(stage_dir: &Path) -> Vec<serde_json::Value> {
+    let dir = stage_dir.join(".binlog/segments");
+    let mut out: Vec<serde_json::Value> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort_by_key(|s| s["seq"].as_u64().unwrap());
+    out
+}
