@@ -395,14 +395,20 @@ mod tests {
         assert_eq!(k.index, "PRIMARY");
         assert_eq!(k.columns.len(), 2);
         assert!(k.unique);
-        // A unique key with a nullable column cannot identify rows.
+        // A unique key with a nullable column cannot identify rows: its
+        // first column still splits the table, NULLs in a job of their own.
         let k = choose(
             &t,
             &[index("u", true, &["n"]), index("k", false, &["b", "a"])],
         )
         .unwrap();
-        assert_eq!((k.index.as_str(), k.unique), ("k", false));
+        assert_eq!((k.index.as_str(), k.unique, k.nullable), ("u", false, true));
         assert_eq!(k.columns.len(), 1);
+        let k = choose(&t, &[index("k", false, &["b", "a"])]).unwrap();
+        assert_eq!(
+            (k.index.as_str(), k.unique, k.nullable),
+            ("k", false, false)
+        );
         let k = choose(&t, &[index("k", false, &["n"])]).unwrap();
         assert!(k.nullable);
         // An ENUM key, or a primary key that cannot be used: one job.
