@@ -351,11 +351,8 @@ pub async fn run(
 async fn follow(run: &mut Run) -> Result<(), ArchiveError> {
     let server = run.plan.source.clone();
     let mut conn = server.connect(&[]).await?;
-    let connect_state = run
-        .open
-        .as_ref()
-        .map(|s| s.end().clone())
-        .unwrap_or_else(|| run.state.clone());
+    // `run.state` is where the archive (published or open) ends.
+    let connect_state = run.state.clone();
     for (sql, what) in [
         (
             "SET @mariadb_slave_capability=4",
@@ -480,7 +477,7 @@ async fn follow(run: &mut Run) -> Result<(), ArchiveError> {
                 if group.is_some() {
                     debug!("a group without its end was followed by {gtid}; dropping it");
                 }
-                let current = run.open.as_ref().map(|s| s.end()).unwrap_or(&run.state);
+                let current = &run.state;
                 if current.contains(&gtid) {
                     return Err(ArchiveError::Stream {
                         server: server.name(),
@@ -523,11 +520,7 @@ async fn follow(run: &mut Run) -> Result<(), ArchiveError> {
                 transient: true,
             });
         };
-        let start = run
-            .open
-            .as_ref()
-            .map(|s| s.end().clone())
-            .unwrap_or_else(|| run.state.clone());
+        let start = run.state.clone();
         let seg = run
             .open
             .get_or_insert_with(|| SegmentBuilder::new(fd, start, fd.server_id(), &file));

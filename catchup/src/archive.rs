@@ -19,7 +19,7 @@ use replseed_stage::archive::chain_breaks;
 use replseed_stage::{Manifest, Stage};
 use tracing::info;
 
-use crate::{slave_status, CatchupError, CatchupPlan};
+use crate::{slave_status, stalled, CatchupError, CatchupPlan, Stalled};
 
 /// How the replica reaches replseed's binlog server.
 #[derive(Debug, Clone)]
@@ -181,31 +181,27 @@ pub async fn replay(
         }
         let st = slave_status(replica, tgt).await?;
         let get = |k: &str| st.get(k).cloned().unwrap_or_default();
-        if get("Slave_SQL_Running") != "Yes" && !get("Last_SQL_Error").is_empty() {
-            return Err(CatchupError::Replication {
-                server: tgt.name(),
-                detail: format!(
-                    "applying the binlog archive, SQL thread error {}: {}",
-                    get("Last_SQL_Errno"),
-                    get("Last_SQL_Error")
-                ),
-            });
-        }
-        if get("Slave_IO_Running") != "Yes" && !get("Last_IO_Error").is_empty() {
-            let since = *io_down_since.get_or_insert_with(Instant::now);
-            if get("Last_IO_Errno") == "1236" || since.elapsed() > Duration::from_secs(30) {
+        let from = format!("replseed at {host}:{}", serving.addr.port());
+        match stalled(&st, &mut io_down_since) {
+            None => {}
+            Some(Stalled::Sql(detail)) => {
                 return Err(CatchupError::Replication {
                     server: tgt.name(),
-                    detail: format!(
-                        "reading the binlog archive from replseed at {host}:{} (error {}): {}",
-                        serving.addr.port(),
-                        get("Last_IO_Errno"),
-                        get("Last_IO_Error")
-                    ),
-                });
+                    detail: format!("applying the binlog archive, {detail}"),
+                })
             }
-        } else {
-            io_down_since = None;
+            Some(Stalled::Fatal(e)) => {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: format!("reading the binlog archive from {from} (error 1236): {e}"),
+                })
+            }
+            Some(Stalled::Io(detail)) => {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: format!("reading the binlog archive from {from} {detail}"),
+                })
+            }
         }
         if let Some(t) = plan.timeout {
             if started.elapsed() > t {

@@ -335,6 +335,49 @@ async fn check_gtid_available(
     Ok(())
 }
 
+/// Why replication cannot go on, read from `SHOW SLAVE STATUS`.
+pub(crate) enum Stalled {
+    /// The SQL thread stopped (its error, or that someone stopped it).
+    Sql(String),
+    /// The IO thread got 1236: its source does not have the position.
+    Fatal(String),
+    /// The IO thread has failed for 30 s (`(error N): message`).
+    Io(String),
+}
+
+/// Whether replication has stalled. `io_down_since` keeps how long the IO
+/// thread has been failing: a reconnect is given 30 s before it counts.
+pub(crate) fn stalled(
+    st: &HashMap<String, String>,
+    io_down_since: &mut Option<Instant>,
+) -> Option<Stalled> {
+    let get = |k: &str| st.get(k).cloned().unwrap_or_default();
+    let sql_err = get("Last_SQL_Error");
+    if get("Slave_SQL_Running") != "Yes" {
+        return Some(Stalled::Sql(if sql_err.is_empty() {
+            "the SQL thread is stopped (someone ran STOP SLAVE?)".into()
+        } else {
+            format!("SQL thread error {}: {sql_err}", get("Last_SQL_Errno"))
+        }));
+    }
+    let io_err = get("Last_IO_Error");
+    if get("Last_IO_Errno") == "1236" {
+        return Some(Stalled::Fatal(io_err));
+    }
+    if get("Slave_IO_Running") != "Yes" && !io_err.is_empty() {
+        let since = *io_down_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > Duration::from_secs(30) {
+            return Some(Stalled::Io(format!(
+                "(error {}): {io_err}",
+                get("Last_IO_Errno")
+            )));
+        }
+    } else {
+        *io_down_since = None;
+    }
+    None
+}
+
 /// Runs a catch-up.
 pub async fn run(
     plan: CatchupPlan,
@@ -548,42 +591,29 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         let get = |k: &str| st.get(k).cloned().unwrap_or_default();
         let sql_running = get("Slave_SQL_Running") == "Yes";
         let io_running = get("Slave_IO_Running");
-        let io_err = get("Last_IO_Error");
-        let sql_err = get("Last_SQL_Error");
-        if !sql_running && !sql_err.is_empty() {
-            return Err(CatchupError::Replication {
-                server: tgt.name(),
-                detail: format!("SQL thread error {}: {sql_err}", get("Last_SQL_Errno")),
-            });
-        }
-        if get("Last_IO_Errno") == "1236" {
-            return Err(CatchupError::BinlogPurged {
-                server: src.name(),
-                file: m.position.binlog_file.clone(),
-                pos: m.position.binlog_pos,
-                gtid: m.position.gtid.clone(),
-                detail: format!("the replica's IO thread reports: {io_err}"),
-            });
-        }
-        if io_running != "Yes" && !io_err.is_empty() {
-            let since = *io_down_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(30) {
+        match stalled(&st, &mut io_down_since) {
+            None => {}
+            Some(Stalled::Fatal(io_err)) => {
+                return Err(CatchupError::BinlogPurged {
+                    server: src.name(),
+                    file: m.position.binlog_file.clone(),
+                    pos: m.position.binlog_pos,
+                    gtid: m.position.gtid.clone(),
+                    detail: format!("the replica's IO thread reports: {io_err}"),
+                })
+            }
+            Some(Stalled::Io(detail)) => {
                 return Err(CatchupError::Replication {
                     server: tgt.name(),
-                    detail: format!(
-                        "IO thread cannot read from the master (error {}): {io_err}",
-                        get("Last_IO_Errno")
-                    ),
-                });
+                    detail: format!("IO thread cannot read from the master {detail}"),
+                })
             }
-        } else {
-            io_down_since = None;
-        }
-        if !sql_running && sql_err.is_empty() {
-            return Err(CatchupError::Replication {
-                server: tgt.name(),
-                detail: "the SQL thread is stopped (someone ran STOP SLAVE?)".into(),
-            });
+            Some(Stalled::Sql(detail)) => {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail,
+                })
+            }
         }
         let behind = get("Seconds_Behind_Master");
         progress.behind.store(

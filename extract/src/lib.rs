@@ -464,9 +464,9 @@ async fn run_inner(
         return Err(ExtractError::Usage("--threads must be at least 1".into()));
     }
 
-    // Preflight: stage first, so nothing touches the master if it cannot be written.
+    // Preflight: the stage was checked first (`run`), so nothing touches
+    // the master if it cannot be written.
     progress.set_phase("preflight");
-    plan.stage.check_access().await?;
     match plan.stage.state(&plan.snapshot).await? {
         SnapshotState::Absent => {}
         SnapshotState::Published => {
