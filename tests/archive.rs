@@ -101,6 +101,21 @@ async fn apply_archive(stage_dir: &Path, t: &MariaDb) {
     }
 }
 
+/// A new replica with snapshot s1 loaded, caught up by `replseed catchup`,
+/// which must have gone through the archive.
+async fn caught_up_through_the_archive(stage: &str, m: &MariaDb) -> MariaDb {
+    let t = replica(2).await;
+    load_ok(stage, "s1", &t.url(), &["--no-accounts"]).await;
+    let out = replseed(&catchup_args(stage, "s1", &m.url(), &t.url()), &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("replicating from the binlog archive"),
+        "{stderr}"
+    );
+    t
+}
+
 const WRITES: &str = "
 USE a;
 INSERT INTO a.t SELECT seq + 100000, seq, REPEAT('w', 50) FROM seq_1_to_3000;
@@ -142,19 +157,7 @@ async fn the_archive_outlives_the_masters_binlogs() {
     )
     .await;
     let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
-    let r = replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let r = archive_now(&m, &stage).await;
     assert_eq!(r["to"].as_str().unwrap(), goal, "{r}");
     let segs = archive_segments(dir.path());
     assert!(
@@ -165,19 +168,7 @@ async fn the_archive_outlives_the_masters_binlogs() {
     assert_eq!(segs[0]["start_state"], r["from"]);
     assert_chain(&segs);
     // Again: nothing new, nothing written.
-    let again = replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            &stage,
-            "--until-current",
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let again = archive_now(&m, &stage).await;
     assert_eq!(again["segments"], 0);
 
     // The master forgets those binlogs.
@@ -185,15 +176,7 @@ async fn the_archive_outlives_the_masters_binlogs() {
     // keeps its file: purge until only the new file is left.)
     purge_all(&m).await;
     // catchup replays the archive to the replica, then hands it to the master.
-    let t = replica(2).await;
-    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
-    let out = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("replicating from the binlog archive"),
-        "{stderr}"
-    );
+    let t = caught_up_through_the_archive(&stage, &m).await;
     assert_identical(&m, &t, &["a"]).await;
     still_replicating(
         &m,
@@ -226,8 +209,8 @@ async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_maste
     let (dir, stage) = local_stage();
     let mut m = master_with_snapshot(&stage).await;
     let spawn = |url: String, stage: String| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
-            .args([
+        spawn_replseed(
+            &[
                 "archive",
                 "--source",
                 &url,
@@ -235,13 +218,9 @@ async fn a_killed_archiver_resumes_without_gap_or_duplicate_and_survives_a_maste
                 &stage,
                 "--segment-secs",
                 "1",
-            ])
-            .env("REPLSEED_NO_PROGRESS", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+            ],
+            &[],
+        )
     };
     let mut child = spawn(m.url(), stage.clone());
     // Writes while it follows; killed once a segment is out, mid-stream.
@@ -427,8 +406,8 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
-        .args([
+    let _serve = spawn_replseed(
+        &[
             "serve",
             "--stage",
             &stage,
@@ -436,12 +415,9 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
             &listen,
             "--replication-user",
             "repl",
-        ])
-        .env("REPLSEED_REPLICATION_PASSWORD", "s3cret")
-        .env("REPLSEED_NO_PROGRESS", "1")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+        &[("REPLSEED_REPLICATION_PASSWORD".into(), "s3cret".into())],
+    );
     let start = Instant::now();
     while tokio::net::TcpStream::connect(&listen).await.is_err() {
         assert!(
@@ -505,43 +481,6 @@ async fn two_replicas_replicate_from_replseed_serve_after_the_master_purged() {
     }
     assert_identical(&m, &t1, &["a"]).await;
     assert_identical(&m, &t2, &["a"]).await;
-}
-
-/// `replseed archive --until-current` from `m` into `stage`.
-async fn archive_now(m: &MariaDb, stage: &str) -> serde_json::Value {
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            stage,
-            "--until-current",
-            "--json",
-        ],
-        &[],
-    )
-    .await
-}
-
-/// Purges every binlog of the master but its current one.
-async fn purge_all(m: &MariaDb) {
-    let start = Instant::now();
-    loop {
-        exec(m, "FLUSH BINARY LOGS").await;
-        exec(m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
-        let mut c = m.conn().await.unwrap();
-        use mysql_async::prelude::Queryable;
-        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
-        if logs.len() == 1 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the master keeps its binlogs"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,15 +618,7 @@ async fn a_compressed_binlog_is_archived_and_served() {
     }
     archive_now(&m, &stage).await;
     purge_all(&m).await;
-    let t = replica(2).await;
-    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
-    let out = replseed(&catchup_args(&stage, "s1", &m.url(), &t.url()), &[]).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("replicating from the binlog archive"),
-        "{stderr}"
-    );
+    let t = caught_up_through_the_archive(&stage, &m).await;
     still_replicating(&m, &t, "INSERT INTO a.u (id) VALUES (1000)").await;
     assert_identical(&m, &t, &["a"]).await;
 }

@@ -31,21 +31,6 @@ async fn writes(m: &MariaDb, base: u64) {
     .await;
 }
 
-async fn archive_until_current(m: &MariaDb, stage: &str) {
-    replseed_ok(
-        &[
-            "archive",
-            "--source",
-            &m.url(),
-            "--stage",
-            stage,
-            "--until-current",
-        ],
-        &[],
-    )
-    .await;
-}
-
 async fn list(stage: &str) -> serde_json::Value {
     replseed_ok(&["snapshots", "list", "--stage", stage, "--json"], &[]).await
 }
@@ -92,12 +77,12 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
     let s1 = extract_ok(&m.url(), &stage, "s1", &["--no-accounts", "--json"]).await;
     writes(&m, 20_000).await;
     // The archive starts at the oldest snapshot, s0.
-    archive_until_current(&m, &stage).await;
+    archive_now(&m, &stage).await;
     writes(&m, 30_000).await;
     exec(&m, "FLUSH BINARY LOGS").await;
     let s2 = extract_ok(&m.url(), &stage, "s2", &["--no-accounts", "--json"]).await;
     writes(&m, 40_000).await;
-    archive_until_current(&m, &stage).await;
+    archive_now(&m, &stage).await;
     let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
 
     let (g0, g1, g2) = (
@@ -208,19 +193,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
         .map(|s| s["seq"].as_u64().unwrap())
         .collect();
     assert!(before.len() >= 2, "{segs:?}");
-    let p = replseed_ok(
-        &[
-            "snapshots",
-            "prune",
-            "--keep",
-            "1",
-            "--stage",
-            &stage,
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let p = prune(&stage, 1).await;
     assert_eq!(p["kept"], serde_json::json!(["s2"]), "{p}");
     let mut deleted: Vec<String> = p["deleted"]
         .as_array()
@@ -258,19 +231,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
     );
 
     // Again: nothing more to remove.
-    let p = replseed_ok(
-        &[
-            "snapshots",
-            "prune",
-            "--keep",
-            "1",
-            "--stage",
-            &stage,
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let p = prune(&stage, 1).await;
     assert_eq!(p["segments_deleted"], serde_json::json!([]), "{p}");
     assert_eq!(seqs(&archive_segments(dir.path())), seqs(&left));
 }

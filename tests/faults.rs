@@ -6,7 +6,6 @@
 //! run again. Durable targets and default chunk sizes and threads, as users
 //! run them.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use replseed_testkit::FaultProxy;
@@ -52,19 +51,6 @@ async fn durable_target(server_id: u32, extra: &[&str]) -> MariaDb {
     })
     .await
     .expect("start target")
-}
-
-fn spawn_replseed(args: &[&str], env: &[(String, String)]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"));
-    cmd.args(args)
-        .env("REPLSEED_NO_PROGRESS", "1")
-        .env_remove("REPLSEED_STAGE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn replseed")
 }
 
 /// Waits until at least `n` chunks are committed on the target, or panics

@@ -96,8 +96,8 @@ async fn an_extract_pauses_while_a_replica_is_stopped() {
     .await;
     // The SQL thread is stopped: Seconds_Behind_Master is NULL.
     let (_dir, stage) = local_stage();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
-        .args([
+    let child = spawn_replseed(
+        &[
             "extract",
             "--source",
             &m.url(),
@@ -109,12 +109,9 @@ async fn an_extract_pauses_while_a_replica_is_stopped() {
             "10",
             "--lag-replica",
             &r.url(),
-        ])
-        .env("REPLSEED_NO_PROGRESS", "1")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &[],
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Still paused: nothing published.
     let listed = replseed_ok(&["snapshots", "list", "--stage", &stage, "--json"], &[]).await;
@@ -140,8 +137,8 @@ async fn a_load_keeps_to_its_rate_and_its_snapshot_is_not_deleted_under_it() {
     extract_ok(&m.url(), &stage, "new", &[]).await;
     let t = replica(2).await;
     let start = Instant::now();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
-        .args([
+    let child = spawn_replseed(
+        &[
             "load",
             "--stage",
             &stage,
@@ -151,12 +148,9 @@ async fn a_load_keeps_to_its_rate_and_its_snapshot_is_not_deleted_under_it() {
             &t.url(),
             "--max-load-rate",
             "4",
-        ])
-        .env("REPLSEED_NO_PROGRESS", "1")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &[],
+    );
     // Once the load has begun, the snapshot it reads is not deleted...
     let mut refused = String::new();
     for _ in 0..100 {
@@ -174,19 +168,7 @@ async fn a_load_keeps_to_its_rate_and_its_snapshot_is_not_deleted_under_it() {
         "{refused}"
     );
     // ... nor pruned: kept, and said so.
-    let pruned = replseed_ok(
-        &[
-            "snapshots",
-            "prune",
-            "--keep",
-            "1",
-            "--stage",
-            &stage,
-            "--json",
-        ],
-        &[],
-    )
-    .await;
+    let pruned = prune(&stage, 1).await;
     assert_eq!(pruned["in_use"][0], "old", "{pruned}");
     assert_eq!(pruned["deleted"].as_array().map(Vec::len), Some(0));
     let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())

@@ -396,3 +396,73 @@ pub fn archive_segments(stage_dir: &Path) -> Vec<serde_json::Value> {
     out.sort_by_key(|s| s["seq"].as_u64().unwrap());
     out
 }
+
+/// Starts replseed in the background, its output piped (killed when dropped).
+pub fn spawn_replseed(args: &[&str], env: &[(String, String)]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"));
+    cmd.args(args)
+        .env("REPLSEED_NO_PROGRESS", "1")
+        .env_remove("REPLSEED_STAGE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn replseed")
+}
+
+/// `replseed archive --until-current --json` from `m` into `stage`.
+pub async fn archive_now(m: &MariaDb, stage: &str) -> serde_json::Value {
+    replseed_ok(
+        &[
+            "archive",
+            "--source",
+            &m.url(),
+            "--stage",
+            stage,
+            "--until-current",
+            "--json",
+        ],
+        &[],
+    )
+    .await
+}
+
+/// Purges every binlog of the master but its current one (a dump thread
+/// that has not noticed its client left keeps its file: try until it has).
+pub async fn purge_all(m: &MariaDb) {
+    let start = std::time::Instant::now();
+    loop {
+        exec(m, "FLUSH BINARY LOGS").await;
+        exec(m, "PURGE BINARY LOGS BEFORE NOW() + INTERVAL 1 DAY").await;
+        let mut c = m.conn().await.unwrap();
+        let logs: Vec<Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        if logs.len() == 1 {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the master keeps its binlogs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `replseed snapshots prune --keep N --json`.
+pub async fn prune(stage: &str, keep: u32) -> serde_json::Value {
+    let keep = keep.to_string();
+    replseed_ok(
+        &[
+            "snapshots",
+            "prune",
+            "--keep",
+            &keep,
+            "--stage",
+            stage,
+            "--json",
+        ],
+        &[],
+    )
+    .await
+}
