@@ -460,3 +460,55 @@ async fn a_target_user_without_the_needed_privileges_is_refused_before_any_chang
     .await;
     assert!(err.contains("local_infile is OFF"), "{err}");
 }
+
+/// The chunks of an AUTO_INCREMENT table load one at a time on a target
+/// with `innodb_autoinc_lock_mode=1` (MariaDB's default), where each
+/// `LOAD DATA` holds the table's AUTO-INC lock to its end: four parallel
+/// chunks used to queue there and fail with ERROR 1205 under a short lock
+/// wait timeout (then load again). Another table's chunks go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_an_auto_increment_table_do_not_queue_on_its_lock() {
+    let m = master().await;
+    exec(
+        &m,
+        "CREATE DATABASE ai; USE ai; \
+         CREATE TABLE t (id BIGINT AUTO_INCREMENT PRIMARY KEY, k INT, c CHAR(120), pad CHAR(60), KEY k (k)); \
+         INSERT INTO t (k, c, pad) SELECT seq % 1000, REPEAT(CHAR(65 + seq % 26), 120), REPEAT('p', 60) FROM seq_1_to_320000; \
+         CREATE TABLE plain (id INT PRIMARY KEY, v VARCHAR(20)); \
+         INSERT INTO plain SELECT seq, CONCAT('v', seq) FROM seq_1_to_200000;",
+    )
+    .await;
+    let (_dir, stage) = local_stage();
+    extract_ok(&m.url(), &stage, "ai1", &["--chunk-rows", "80000"]).await;
+    let t = MariaDb::start_with(MariaDbOptions {
+        server_id: 2,
+        durable: true,
+        extra_args: vec!["--innodb-lock-wait-timeout=1".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("start target");
+    assert_eq!(scalar(&t, "SELECT @@innodb_autoinc_lock_mode").await, "1");
+    let out = replseed(
+        &[
+            "load",
+            "--stage",
+            &stage,
+            "--snapshot",
+            "ai1",
+            "--target",
+            &t.url(),
+            "--threads",
+            "4",
+        ],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the load failed:\n{stderr}");
+    assert!(
+        !stderr.contains("1205"),
+        "chunks queued on the AUTO-INC lock:\n{stderr}"
+    );
+    assert_identical(&m, &t, &["ai"]).await;
+}

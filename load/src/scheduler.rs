@@ -3,6 +3,14 @@
 //! load that follows an extract turns the extract's events into work as
 //! they come. The first worker to fail stops the others, and its error is
 //! the one reported.
+//!
+//! The chunks of an InnoDB table with an AUTO_INCREMENT column load one at a
+//! time when the target runs `innodb_autoinc_lock_mode` 0 or 1 (1 is
+//! MariaDB's default): there every `LOAD DATA` holds the table's AUTO-INC
+//! lock to its end, so parallel chunks of such a table only queue on the
+//! server (and fail with ERROR 1205 under a short
+//! `innodb_lock_wait_timeout`). A worker that meets a chunk of a table busy
+//! with another worker parks it for that worker and takes other work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -53,6 +61,51 @@ enum Item {
 type Queue = Arc<tokio::sync::Mutex<UnboundedReceiver<Item>>>;
 type Work = Arc<Mutex<Vec<TableWork>>>;
 
+/// Tables whose chunks load one at a time: for each, whether a worker is
+/// loading one of its chunks, and the chunks parked for that worker.
+#[derive(Default)]
+struct OneAtATime {
+    tables: HashMap<usize, (bool, std::collections::VecDeque<Chunk>)>,
+}
+
+impl OneAtATime {
+    /// Whether the caller may load this chunk of table `ti` now; if not,
+    /// the chunk is parked for the worker that holds the table.
+    fn start(&mut self, ti: usize, chunk: &Chunk) -> bool {
+        match self.tables.get_mut(&ti) {
+            None => true,
+            Some((busy, parked)) if *busy => {
+                parked.push_back(chunk.clone());
+                false
+            }
+            Some((busy, _)) => {
+                *busy = true;
+                true
+            }
+        }
+    }
+
+    /// After loading a chunk of table `ti`: its next parked chunk, which the
+    /// caller loads next (the table stays held), or none (released).
+    fn next(&mut self, ti: usize) -> Option<Chunk> {
+        let (busy, parked) = self.tables.get_mut(&ti)?;
+        let next = parked.pop_front();
+        *busy = next.is_some();
+        next
+    }
+}
+
+/// Whether the target takes a table-wide AUTO-INC lock for `LOAD DATA`
+/// (`innodb_autoinc_lock_mode` below 2).
+async fn autoinc_table_lock(conn: &mut Conn) -> bool {
+    let mode: Option<u64> = conn
+        .query_first("SELECT @@innodb_autoinc_lock_mode")
+        .await
+        .ok()
+        .flatten();
+    mode.is_none_or(|m| m < 2)
+}
+
 /// What the scheduler did.
 pub struct Scheduled {
     /// Chunks an earlier run had loaded (skipped).
@@ -90,16 +143,30 @@ pub async fn run(
     }
 
     progress.set_phase("loading chunks");
+    let mut conns = Vec::new();
+    for _ in 0..plan.threads.max(1) {
+        conns.push(session::session_retrying(&plan.target).await?);
+    }
+    let mut serial = OneAtATime::default();
+    if conns.len() > 1 && autoinc_table_lock(&mut conns[0]).await {
+        for (ti, w) in work.iter().enumerate() {
+            let t = &w.table.table;
+            if t.transactional && t.columns.iter().any(|c| c.auto_increment) {
+                serial.tables.insert(ti, Default::default());
+            }
+        }
+    }
+    let serial = Arc::new(Mutex::new(serial));
     let work: Work = Arc::new(Mutex::new(work));
     let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = JoinSet::new();
-    for _ in 0..plan.threads.max(1) {
-        let conn = session::session_retrying(&plan.target).await?;
+    for conn in conns {
         workers.spawn(load_worker(
             conn,
             plan.clone(),
             work.clone(),
             queue.clone(),
+            serial.clone(),
             progress.clone(),
         ));
     }
@@ -313,6 +380,7 @@ async fn load_worker(
     plan: LoadPlan,
     work: Work,
     queue: Queue,
+    serial: Arc<Mutex<OneAtATime>>,
     progress: Arc<Progress>,
 ) -> Result<(), LoadError> {
     let server = &plan.target;
@@ -320,8 +388,23 @@ async fn load_worker(
         conn,
         opened: Instant::now(),
     };
+    // A parked chunk of the table this worker holds goes before the queue.
+    let mut held: Option<(usize, Chunk)> = None;
     loop {
-        let next = queue.lock().await.recv().await;
+        let next = match held.take() {
+            Some((ti, chunk)) => Some(Item::Chunk(ti, chunk)),
+            None => {
+                let next = queue.lock().await.recv().await;
+                match next {
+                    Some(Item::Chunk(ti, chunk))
+                        if !serial.lock().expect("serial").start(ti, &chunk) =>
+                    {
+                        continue
+                    }
+                    next => next,
+                }
+            }
+        };
         let ti = match next {
             None => break,
             Some(Item::Finish(ti)) => ti,
@@ -367,6 +450,7 @@ async fn load_worker(
                 debug!(chunk = %chunk.path, rows = n, secs = t0.elapsed().as_secs_f64(), "chunk loaded");
                 progress.rows.fetch_add(n, Ordering::Relaxed);
                 progress.chunks.fetch_add(1, Ordering::Relaxed);
+                held = serial.lock().expect("serial").next(ti).map(|c| (ti, c));
                 let finish = {
                     let mut w = work.lock().expect("work");
                     w[ti].loaded += 1;
@@ -394,4 +478,33 @@ async fn load_worker(
     }
     let _ = s.conn.disconnect().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(p: &str) -> Chunk {
+        Chunk {
+            path: p.into(),
+            rows: 1,
+            bytes: 1,
+            sha256: String::new(),
+            key_range: None,
+        }
+    }
+
+    #[test]
+    fn a_held_table_parks_its_chunks_for_its_holder() {
+        let mut s = OneAtATime::default();
+        s.tables.insert(0, Default::default());
+        assert!(s.start(1, &chunk("other")), "other tables are not held");
+        assert!(s.start(0, &chunk("a")));
+        assert!(!s.start(0, &chunk("b")), "b is parked");
+        assert!(!s.start(0, &chunk("c")), "c is parked");
+        assert_eq!(s.next(0).map(|c| c.path), Some("b".into()));
+        assert_eq!(s.next(0).map(|c| c.path), Some("c".into()));
+        assert!(s.next(0).is_none(), "released");
+        assert!(s.start(0, &chunk("d")), "free again");
+    }
 }

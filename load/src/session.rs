@@ -9,7 +9,13 @@
 //! target (flush=1, sync_binlog=1), 500k sysbench rows per chunk: one chunk
 //! takes 1.7 s either way (the bulk path gains nothing on sorted input), and
 //! four chunks of one table in parallel take 4.7-6.0 s with the checks on
-//! against 5.2-6.7 s with them off (docs/BENCHMARKS.md).
+//! against 5.2-6.7 s with them off (docs/BENCHMARKS.md). The bulk path for
+//! a table copied in one chunk, with its indexes kept in the CREATE, was
+//! measured too: faster alone (4.2 s against 5.4 s with the deferred
+//! `ALTER`), slower in a whole load of 8 such tables at 2 threads (31-37 s
+//! against 29 s), so it is not used. Chunks of a table with an
+//! AUTO_INCREMENT column are kept from queuing on its AUTO-INC lock by the
+//! scheduler.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
