@@ -136,7 +136,8 @@ pub fn extract_plan(
         props: ChunkProps {
             zstd_level: tuning.zstd_level,
             ..Default::default()
-        },
+        }
+        .for_writers(threads),
         lock_free_attempts: tuning.lock_free_attempts,
         accounts,
         events: None,

@@ -788,6 +788,8 @@ pub struct ChunkProps {
     pub zstd_level: i32,
     /// Rows per row group.
     pub row_group_rows: usize,
+    /// Bytes per row group at most: a writer holds one row group in memory.
+    pub row_group_bytes: usize,
 }
 
 impl Default for ChunkProps {
@@ -795,11 +797,20 @@ impl Default for ChunkProps {
         ChunkProps {
             zstd_level: 1,
             row_group_rows: 128 * 1024,
+            row_group_bytes: 64 << 20,
         }
     }
 }
 
 impl ChunkProps {
+    /// Row groups sized for `writers` writers at once: together they hold
+    /// at most 128 MiB (16 to 64 MiB each), so that memory does not grow
+    /// with the thread count.
+    pub fn for_writers(mut self, writers: usize) -> Self {
+        self.row_group_bytes = ((128usize << 20) / writers.max(1)).clamp(16 << 20, 64 << 20);
+        self
+    }
+
     /// The compression as recorded in the manifest.
     pub fn compression_name(&self) -> String {
         format!("zstd({})", self.zstd_level)
@@ -811,7 +822,7 @@ impl ChunkProps {
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
             ))
             .set_max_row_group_row_count(Some(self.row_group_rows))
-            .set_max_row_group_bytes(Some(64 << 20))
+            .set_max_row_group_bytes(Some(self.row_group_bytes))
             // Dictionary pages pay off for low-cardinality columns only (for
             // high-cardinality ones they cost time and, measured on
             // sysbench data, 3% more bytes).
