@@ -804,10 +804,10 @@ impl Default for ChunkProps {
 
 impl ChunkProps {
     /// Row groups sized for `writers` writers at once: together they hold
-    /// at most 128 MiB (16 to 64 MiB each), so that memory does not grow
-    /// with the thread count.
+    /// at most 64 MiB (8 to 32 MiB each), so that memory does not grow with
+    /// the thread count (a loader reads one row group at a time too).
     pub fn for_writers(mut self, writers: usize) -> Self {
-        self.row_group_bytes = ((128usize << 20) / writers.max(1)).clamp(16 << 20, 64 << 20);
+        self.row_group_bytes = ((64usize << 20) / writers.max(1)).clamp(8 << 20, 32 << 20);
         self
     }
 
