@@ -32,5 +32,27 @@ pub use error::{describe, mask_passwords, DbError};
 pub use query::{exec, first, qualified, quote_ident, quote_str, rows, text};
 pub use server::Server;
 
+/// Bounds the memory mysql_async keeps between packets; call it first thing
+/// in `main`, before any thread starts (it sets environment variables the
+/// driver reads once, when it first sends or receives a packet).
+///
+/// The driver copies every packet through a global pool of buffers that
+/// keeps up to 128 of them, each up to 4 MiB, and hands them out oldest
+/// first: a load sending 1 MiB pieces of `LOAD DATA` grew every pooled
+/// buffer to that size in turn (78 MiB of a 242 MiB `provision` at 2
+/// threads, by heaptrack), and large rows would do the same on the extract.
+/// Kept at 32 buffers of at most 256 KiB, the pool holds 8 MiB at most.
+/// A variable the user set is left as it is.
+pub fn bound_driver_buffers() {
+    for (var, value) in [
+        ("MYSQL_ASYNC_BUFFER_POOL_CAP", "32"),
+        ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
+}
+
 /// Parameters for a statement (`()` or `Vec<Value>` for none).
 pub use mysql_async::Params;

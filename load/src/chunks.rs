@@ -17,8 +17,10 @@ use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
 use crate::{LoadError, LoadPlan};
 
-/// Bytes handed to the server per LOAD DATA packet batch.
-const PIECE: usize = 1 << 20;
+/// Bytes handed to the server per LOAD DATA packet: the driver copies each
+/// into a pooled buffer, which keeps pieces under its 256 KiB cap (see
+/// `db::bound_driver_buffers`) from reallocating.
+const PIECE: usize = 128 << 10;
 
 /// The producer's error when the statement stopped reading its rows: a
 /// consequence of the statement's failure, never its cause.
@@ -74,7 +76,7 @@ fn produce(
         .map_err(|e| e.to_string())?;
     let encoder =
         TextEncoder::new(&table.columns, reader.schema().as_ref()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(PIECE + (64 << 10));
+    let mut buf = Vec::with_capacity(PIECE + (96 << 10));
     let mut rows = 0u64;
     let mut invalid_enums = 0u64;
     for batch in reader {
@@ -90,7 +92,7 @@ fn produce(
             if buf.len() >= PIECE {
                 let piece = Bytes::from(std::mem::replace(
                     &mut buf,
-                    Vec::with_capacity(PIECE + (64 << 10)),
+                    Vec::with_capacity(PIECE + (96 << 10)),
                 ));
                 if tx.blocking_send(Ok(piece)).is_err() {
                     return Err(STOPPED.into());
