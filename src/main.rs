@@ -33,19 +33,19 @@ fn init_logging(cli: &Cli) {
 
 /// Keeps the process's memory near what it uses. glibc's malloc raises its
 /// mmap threshold each time a large block is freed, after which large
-/// buffers (row groups, upload parts) come from the heap and stay resident
-/// there: a `provision` at 2 threads peaked at 150-180 MiB of RSS for 88 MiB
-/// of heap (heaptrack). With the threshold fixed at 4 MiB such buffers are
-/// mapped and returned when freed. Measured on the extract of 8 x 500k rows
-/// at 4 threads: 1 MiB gave 158 MiB of RSS but 2.6 s of system time (page
-/// faults on the Parquet pages and Arrow buffers mapped afresh), 4 MiB
-/// 184 MiB and 1.1 s, the dynamic threshold 213 MiB and 0.9 s. Then
-/// mysql_async's buffer pool.
+/// buffers (row groups, upload parts, Parquet pages) come from the heap and
+/// stay resident there: a `provision` at 2 threads peaked at 150-180 MiB of
+/// RSS for 88 MiB of heap (heaptrack). With the threshold fixed at 1 MiB
+/// such buffers are mapped and returned when freed: `provision` of
+/// 8 x 500k rows at 4 threads peaked at 170 MiB, against 234 MiB with a
+/// 4 MiB threshold. The price is page faults on buffers mapped afresh:
+/// about 1.3 s more system time per 4M-row extract (2.5 s against 1.2 s).
+/// Then mysql_async's buffer pool.
 fn bound_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     replseed_db::bound_driver_buffers();
 }

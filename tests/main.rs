@@ -13,6 +13,7 @@ mod faults;
 mod fidelity;
 mod interop;
 mod load;
+mod memory;
 mod parquet;
 mod replica_source;
 mod roundtrip;

@@ -12,6 +12,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use replseed_db::{qualified, quote_ident};
 use replseed_stage::manifest::{Chunk, Table};
 use replseed_stage::types::ColumnKind;
+use replseed_stage::ChunkRows;
 
 use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
@@ -69,9 +70,12 @@ fn produce(
 ) -> Result<Produced, String> {
     let file =
         std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| e.to_string())?
-        .with_batch_size(4096)
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+    // Batches and encoded slices sized by bytes, for wide rows (blobs).
+    let width = ChunkRows::of(builder.metadata());
+    let slice = (PIECE as u64 / width.row_bytes).clamp(1, 256) as usize;
+    let reader = builder
+        .with_batch_size(width.batch_rows(4096))
         .build()
         .map_err(|e| e.to_string())?;
     let encoder =
@@ -86,7 +90,7 @@ fn produce(
         let mut from = 0;
         while from < n {
             // Encode in slices so that one piece stays near PIECE bytes.
-            let to = (from + 256).min(n);
+            let to = (from + slice).min(n);
             encoder.encode_rows(&batch, from, to, &mut buf);
             from = to;
             if buf.len() >= PIECE {
@@ -123,10 +127,9 @@ fn warned_value(path: &std::path::Path, table: &Table, message: &str) -> Option<
         .ok()?;
     let index = table.columns.iter().position(|c| c.name == col)?;
     let file = std::fs::File::open(path).ok()?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .ok()?
-        .build()
-        .ok()?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).ok()?;
+    let rows = ChunkRows::of(builder.metadata()).batch_rows(1024);
+    let reader = builder.with_batch_size(rows).build().ok()?;
     let encoder = TextEncoder::new(&table.columns, reader.schema().as_ref()).ok()?;
     let mut skip = row.checked_sub(1)?;
     for batch in reader {

@@ -26,7 +26,9 @@ mod upload;
 
 pub use error::StageError;
 pub use manifest::Manifest;
-pub use store::{ChunkProps, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport};
+pub use store::{
+    ChunkProps, ChunkRows, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport,
+};
 
 /// Schemas a snapshot never contains: the server's own, and replseed's
 /// bookkeeping on load targets.

@@ -763,14 +763,46 @@ impl Stage {
 
 fn count_rows(path: &std::path::Path) -> Result<u64, parquet::errors::ParquetError> {
     let f = std::fs::File::open(path)?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?
-        .with_batch_size(8192)
-        .build()?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?;
+    let rows = ChunkRows::of(builder.metadata()).batch_rows(8192);
+    let reader = builder.with_batch_size(rows).build()?;
     let mut n = 0u64;
     for b in reader {
         n += b?.num_rows() as u64;
     }
     Ok(n)
+}
+
+/// Decoded bytes a reader of a chunk holds in one batch.
+const READ_BATCH_BYTES: u64 = 8 << 20;
+
+/// How wide a chunk's rows are, from its Parquet metadata, so that readers
+/// size their batches in bytes: a batch of 4096 rows of 600 KiB blobs
+/// would hold 2.4 GB.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRows {
+    /// Uncompressed bytes per row, in its widest row group (at least 1).
+    pub row_bytes: u64,
+}
+
+impl ChunkRows {
+    /// From a chunk file's metadata.
+    pub fn of(meta: &parquet::file::metadata::ParquetMetaData) -> ChunkRows {
+        let row_bytes = meta
+            .row_groups()
+            .iter()
+            .filter(|g| g.num_rows() > 0)
+            .map(|g| g.total_byte_size().max(0) as u64 / g.num_rows() as u64)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        ChunkRows { row_bytes }
+    }
+
+    /// Rows per decoded batch: about 8 MiB, at most `max`, at least 1.
+    pub fn batch_rows(&self, max: usize) -> usize {
+        ((READ_BATCH_BYTES / self.row_bytes) as usize).clamp(1, max.max(1))
+    }
 }
 
 /// A chunk available as a local file (deleted on drop when it was downloaded).
