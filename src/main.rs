@@ -37,9 +37,10 @@ fn init_logging(cli: &Cli) {
 /// stay resident there: a `provision` at 2 threads peaked at 150-180 MiB of
 /// RSS for 88 MiB of heap (heaptrack). With the threshold fixed at 1 MiB
 /// such buffers are mapped and returned when freed: `provision` of
-/// 8 x 500k rows at 4 threads peaked at 170 MiB, against 234 MiB with a
-/// 4 MiB threshold. The price is page faults on buffers mapped afresh:
-/// about 1.3 s more system time per 4M-row extract (2.5 s against 1.2 s).
+/// 8 x 500k rows at 4 threads peaked at 166-206 MiB in runs with 1 MiB,
+/// 226-234 MiB with 2 or 4 MiB. The price is page faults on buffers mapped
+/// afresh: about 1.3 s more system time per 4M-row extract (2.5 s against
+/// 1.2 s).
 /// Then mysql_async's buffer pool.
 fn bound_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

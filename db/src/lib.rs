@@ -41,12 +41,12 @@ pub use server::Server;
 /// first: a load sending 1 MiB pieces of `LOAD DATA` grew every pooled
 /// buffer to that size in turn (78 MiB of a 242 MiB `provision` at 2
 /// threads, by heaptrack), and large rows would do the same on the extract.
-/// Kept at 32 buffers of at most 256 KiB, the pool holds 8 MiB at most.
-/// A variable the user set is left as it is.
+/// Kept at 16 buffers of at most 1.25 MiB (one `LOAD DATA` piece), the pool
+/// holds 20 MiB at most. A variable the user set is left as it is.
 pub fn bound_driver_buffers() {
     for (var, value) in [
-        ("MYSQL_ASYNC_BUFFER_POOL_CAP", "32"),
-        ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
+        ("MYSQL_ASYNC_BUFFER_POOL_CAP", "16"),
+        ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "1310720"),
     ] {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, value);
