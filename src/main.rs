@@ -40,8 +40,7 @@ fn init_logging(cli: &Cli) {
 /// 8 x 500k rows at 4 threads peaked at 166-206 MiB in runs with 1 MiB,
 /// 226-234 MiB with 2 or 4 MiB. The price is page faults on buffers mapped
 /// afresh: about 1.3 s more system time per 4M-row extract (2.5 s against
-/// 1.2 s).
-/// Then mysql_async's buffer pool.
+/// 1.2 s). Then it bounds mysql_async's buffer pool.
 fn bound_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; called before any thread starts.

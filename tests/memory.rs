@@ -67,19 +67,9 @@ async fn provision_at_four_threads_stays_under_256_mib() {
     .await
     .expect("start target");
     let (_dir, stage) = local_stage();
-    let (mu, tu) = (m.url(), t.url());
-    let (status, stderr, peak_kib) = run_sampling_rss(&[
-        "provision",
-        "--source",
-        &mu,
-        "--target",
-        &tu,
-        "--stage",
-        &stage,
-        "--threads",
-        "4",
-    ])
-    .await;
+    let args = provision_args(&m, &t, &stage, &["--threads", "4"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, stderr, peak_kib) = run_sampling_rss(&args).await;
     assert!(status.success(), "provision failed ({status:?}):\n{stderr}");
     eprintln!("provision peak RSS: {} MiB", peak_kib >> 10);
     assert!(

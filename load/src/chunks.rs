@@ -8,11 +8,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use replseed_db::{qualified, quote_ident};
 use replseed_stage::manifest::{Chunk, Table};
+use replseed_stage::open_chunk;
 use replseed_stage::types::ColumnKind;
-use replseed_stage::ChunkRows;
 
 use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
@@ -23,10 +22,12 @@ use crate::{LoadError, LoadPlan};
 /// `replseed_db::bound_driver_buffers`). Pieces of 128 KiB made one
 /// `LOAD DATA` stream slower: one 4M-row table loaded one chunk at a time
 /// took 61-71 s against 51 s with 1 MiB pieces, in alternating runs. A
-/// piece's buffer (PIECE and one slice's overshoot) stays under the 1 MiB
+/// piece's buffer ([`PIECE_BUF`]) stays under the 1 MiB
 /// above which the process maps memory afresh (see `bound_memory` in
 /// main.rs), so that it is reused rather than faulted in.
 const PIECE: usize = 896 << 10;
+/// A piece's buffer: PIECE and one encoded slice's overshoot.
+const PIECE_BUF: usize = PIECE + (96 << 10);
 
 /// The producer's error when the statement stopped reading its rows: a
 /// consequence of the statement's failure, never its cause.
@@ -75,17 +76,12 @@ fn produce(
 ) -> Result<Produced, String> {
     let file =
         std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
-    // Batches and encoded slices sized by bytes, for wide rows (blobs).
-    let width = ChunkRows::of(builder.metadata());
+    let (reader, width) = open_chunk(file, 4096).map_err(|e| e.to_string())?;
+    // Encoded slices sized by bytes too, for wide rows (blobs).
     let slice = (PIECE as u64 / width.row_bytes).clamp(1, 256) as usize;
-    let reader = builder
-        .with_batch_size(width.batch_rows(4096))
-        .build()
-        .map_err(|e| e.to_string())?;
     let encoder =
         TextEncoder::new(&table.columns, reader.schema().as_ref()).map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(PIECE + (96 << 10));
+    let mut buf = Vec::with_capacity(PIECE_BUF);
     let mut rows = 0u64;
     let mut invalid_enums = 0u64;
     for batch in reader {
@@ -99,10 +95,7 @@ fn produce(
             encoder.encode_rows(&batch, from, to, &mut buf);
             from = to;
             if buf.len() >= PIECE {
-                let piece = Bytes::from(std::mem::replace(
-                    &mut buf,
-                    Vec::with_capacity(PIECE + (96 << 10)),
-                ));
+                let piece = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BUF)));
                 if tx.blocking_send(Ok(piece)).is_err() {
                     return Err(STOPPED.into());
                 }
@@ -132,9 +125,7 @@ fn warned_value(path: &std::path::Path, table: &Table, message: &str) -> Option<
         .ok()?;
     let index = table.columns.iter().position(|c| c.name == col)?;
     let file = std::fs::File::open(path).ok()?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).ok()?;
-    let rows = ChunkRows::of(builder.metadata()).batch_rows(1024);
-    let reader = builder.with_batch_size(rows).build().ok()?;
+    let (reader, _) = open_chunk(file, 1024).ok()?;
     let encoder = TextEncoder::new(&table.columns, reader.schema().as_ref()).ok()?;
     let mut skip = row.checked_sub(1)?;
     for batch in reader {

@@ -27,7 +27,7 @@ mod upload;
 pub use error::StageError;
 pub use manifest::Manifest;
 pub use store::{
-    ChunkProps, ChunkRows, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport,
+    open_chunk, ChunkProps, ChunkRows, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport,
 };
 
 /// Schemas a snapshot never contains: the server's own, and replseed's

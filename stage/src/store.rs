@@ -762,10 +762,7 @@ impl Stage {
 }
 
 fn count_rows(path: &std::path::Path) -> Result<u64, parquet::errors::ParquetError> {
-    let f = std::fs::File::open(path)?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?;
-    let rows = ChunkRows::of(builder.metadata()).batch_rows(8192);
-    let reader = builder.with_batch_size(rows).build()?;
+    let (reader, _) = open_chunk(std::fs::File::open(path)?, 8192)?;
     let mut n = 0u64;
     for b in reader {
         n += b?.num_rows() as u64;
@@ -785,9 +782,29 @@ pub struct ChunkRows {
     pub row_bytes: u64,
 }
 
+/// Opens a chunk file for reading in batches of about 8 MiB decoded (at
+/// most `max_rows` rows each); every reader of chunk files opens them here.
+pub fn open_chunk(
+    file: std::fs::File,
+    max_rows: usize,
+) -> Result<
+    (
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+        ChunkRows,
+    ),
+    parquet::errors::ParquetError,
+> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let width = ChunkRows::of(builder.metadata());
+    let reader = builder
+        .with_batch_size(width.batch_rows(max_rows))
+        .build()?;
+    Ok((reader, width))
+}
+
 impl ChunkRows {
     /// From a chunk file's metadata.
-    pub fn of(meta: &parquet::file::metadata::ParquetMetaData) -> ChunkRows {
+    fn of(meta: &parquet::file::metadata::ParquetMetaData) -> ChunkRows {
         let row_bytes = meta
             .row_groups()
             .iter()
@@ -800,7 +817,7 @@ impl ChunkRows {
     }
 
     /// Rows per decoded batch: about 8 MiB, at most `max`, at least 1.
-    pub fn batch_rows(&self, max: usize) -> usize {
+    fn batch_rows(&self, max: usize) -> usize {
         ((READ_BATCH_BYTES / self.row_bytes) as usize).clamp(1, max.max(1))
     }
 }

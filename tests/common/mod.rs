@@ -339,6 +339,23 @@ pub async fn still_replicating(m: &MariaDb, t: &MariaDb, sql: &str) {
     assert_eq!(io_sql, ("Yes".into(), "Yes".into()));
 }
 
+/// `provision --source M --target T --stage STAGE EXTRA...`
+pub fn provision_args(m: &MariaDb, t: &MariaDb, stage: &str, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "provision",
+        "--source",
+        &m.url(),
+        "--target",
+        &t.url(),
+        "--stage",
+        stage,
+    ]
+    .map(String::from);
+    base.into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 /// `replseed provision --source M --target T --stage STAGE --json EXTRA...`, asserting success.
 pub async fn provision_ok(
     m: &MariaDb,
@@ -346,21 +363,8 @@ pub async fn provision_ok(
     stage: &str,
     extra: &[&str],
 ) -> serde_json::Value {
-    let (mu, tu) = (m.url(), t.url());
-    let args = [
-        &[
-            "provision",
-            "--source",
-            &mu,
-            "--target",
-            &tu,
-            "--stage",
-            stage,
-            "--json",
-        ][..],
-        extra,
-    ]
-    .concat();
+    let args = provision_args(m, t, stage, &[&["--json"][..], extra].concat());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     replseed_ok(&args, &[]).await
 }
 
