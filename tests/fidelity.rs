@@ -271,15 +271,8 @@ async fn a_refused_provision_costs_nothing_and_force_succeeds_at_once() {
     )
     .await;
     let (_d, stage) = local_stage();
-    let args = [
-        "provision",
-        "--source",
-        &m.url(),
-        "--target",
-        &t.url(),
-        "--stage",
-        &stage,
-    ];
+    let args = provision_args(&m, &t, &stage, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = replseed_fails(&args, &[], 1).await;
     assert!(err.contains("table `rp`.`t`"), "{err}");
     assert!(err.contains("nothing was extracted"), "{err}");

@@ -360,19 +360,9 @@ async fn verify_reports_differences() {
     let m = shop_master().await;
     let t = replica(2).await;
     let (_dir, stage) = local_stage();
-    replseed_ok(
-        &[
-            "provision",
-            "--source",
-            &m.url(),
-            "--target",
-            &t.url(),
-            "--stage",
-            &stage,
-        ],
-        &[],
-    )
-    .await;
+    let args = provision_args(&m, &t, &stage, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    replseed_ok(&args, &[]).await;
     // Drift the replica behind replication's back.
     exec(&t, "SET SESSION sql_log_bin=0; UPDATE shop.customers SET name='drift' WHERE id=3; DROP VIEW shop.big_orders; CREATE TABLE shop.stray (id INT)").await;
     let err = replseed_fails(&verify_args(&m.url(), &t.url()), &[], 4).await;

@@ -21,7 +21,7 @@ use crate::{LoadError, LoadPlan};
 /// into a pooled buffer (kept at 1.25 MiB at most, see
 /// `replseed_db::bound_driver_buffers`). Pieces of 128 KiB made one
 /// `LOAD DATA` stream slower: one 4M-row table loaded one chunk at a time
-/// took 61-71 s against 51 s with 1 MiB pieces, in alternating runs. A
+/// took 61-71 s against 47-51 s with 1 MiB pieces, in alternating runs. A
 /// piece's buffer ([`PIECE_BUF`]) stays under the 1 MiB
 /// above which the process maps memory afresh (see `bound_memory` in
 /// main.rs), so that it is reused rather than faulted in.
