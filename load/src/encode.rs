@@ -70,12 +70,8 @@ pub struct TextEncoder {
 
 /// Appends `bytes` with LOAD DATA escaping (`\0 \t \n \\`).
 pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Most values need no escaping: check without branching per byte (the
-    // compiler vectorizes this), then copy in one go.
-    let special = bytes.iter().fold(false, |acc, &b| {
-        acc | (b == 0) | (b == b'\t') | (b == b'\n') | (b == b'\\')
-    });
-    if !special {
+    // Most values need no escaping: check, then copy in one go.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         return;
     }
@@ -94,6 +90,28 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+fn is_special(b: u8) -> bool {
+    (b == 0) | (b == b'\t') | (b == b'\n') | (b == b'\\')
+}
+
+/// Whether `bytes` hold a byte LOAD DATA needs escaped. Checked 16 bytes at a
+/// time without a branch inside a block, which the compiler turns into vector
+/// compares: a fold over the whole slice stayed a scalar loop, and took a
+/// quarter of the load's CPU on sysbench rows (4.5x slower in isolation).
+fn needs_escape(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let mut any = false;
+        for &b in block {
+            any |= is_special(b);
+        }
+        if any {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| is_special(b))
 }
 
 fn push_int<T: itoa::Integer>(out: &mut Vec<u8>, v: T) {
@@ -330,6 +348,30 @@ mod tests {
         let mut out = Vec::new();
         escape_into(&mut out, b"a\0b\tc\nd\\e\\N");
         assert_eq!(out, b"a\\0b\\tc\\nd\\\\e\\\\N");
+    }
+
+    #[test]
+    fn escaping_finds_a_special_byte_at_any_position() {
+        for len in [0usize, 1, 15, 16, 17, 31, 32, 33, 120, 1000] {
+            let plain = vec![b'x'; len];
+            let mut out = Vec::new();
+            escape_into(&mut out, &plain);
+            assert_eq!(out, plain);
+            for pos in 0..len {
+                for (special, escaped) in
+                    [(0u8, b'0'), (b'\t', b't'), (b'\n', b'n'), (b'\\', b'\\')]
+                {
+                    let mut v = plain.clone();
+                    v[pos] = special;
+                    let mut want = plain[..pos].to_vec();
+                    want.extend_from_slice(&[b'\\', escaped]);
+                    want.extend_from_slice(&plain[pos + 1..]);
+                    let mut out = Vec::new();
+                    escape_into(&mut out, &v);
+                    assert_eq!(out, want, "length {len}, byte {special} at {pos}");
+                }
+            }
+        }
     }
 
     #[test]
