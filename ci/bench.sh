@@ -83,7 +83,32 @@ check_replica() {   # the same tables, with the same row counts and checksums as
 
 RESULTS=()
 SEP=$'\x1f'  # field separator of RESULTS (not whitespace: empty fields stay)
-record() { RESULTS+=("$1$SEP$2$SEP$3$SEP$4$SEP$5"); echo ">> $1: $2 s (bytes ${3:--}, rss ${4:--}) $5" >&2; }
+record() { RESULTS+=("$1$SEP$2$SEP$3$SEP$4$SEP$5$SEP${6:-}"); echo ">> $1: $2 s (bytes ${3:--}, rss ${4:--}, cpu ${6:--}) $5" >&2; }
+
+# CPU seconds (user + system) a server has used so far, by its port.
+srv_cpu() {
+  local pid
+  pid=$(pgrep -f -- "mariadbd .*--port=$1( |$)" | head -1)
+  [ -n "$pid" ] || { echo 0; return; }
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"
+}
+# CPU seconds of the tool, the master and the replica during one command,
+# as "tool master replica": the profile of where the time goes, run by run.
+cpu_run() {  # cpu_run FILE CMD... : the command's output goes to stdout
+  local m0 r0 t
+  m0=$(srv_cpu $MPORT) r0=$(srv_cpu $RPORT)
+  /usr/bin/time -f "%U %S" -o "$1.cpu" "${@:2}"
+  read -r u s < "$1.cpu"
+  echo "$(echo "$u + $s" | bc -l) $(echo "$(srv_cpu $MPORT) - $m0" | bc -l) $(echo "$(srv_cpu $RPORT) - $r0" | bc -l)" > "$1.cpu"
+}
+# Adds up "tool master replica" triples.
+cpu_add() { echo "$1 $2" | awk '{printf "%.1f %.1f %.1f", $1 + $4, $2 + $5, $3 + $6}'; }
+# The median of each part of a list of triples, as "tool / master / replica".
+cpu_median() {
+  local i out=()
+  for i in 1 2 3; do out+=("$(printf '%s\n' "$@" | awk -v i=$i '{print $i}' | sort -g | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]}')"); done
+  echo "${out[0]} / ${out[1]} / ${out[2]}"
+}
 
 echo "== master with $TABLES x $ROWS sysbench rows" >&2
 "$SB" mariadb start --dir "$WORK/master" --port $MPORT --server-id 1 --buffer-pool-mb $BP --opt=--innodb-log-file-size=$REDO $DURABLE >/dev/null
@@ -107,21 +132,22 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1
 
 MYD_S=""
 if ! skipped mydumper; then
-  TOT=() DS=() LS_=()
+  TOT=() DS=() LS_=() MCPU=()
   for _ in $(seq 1 "$REPEAT"); do
     fresh_replica
     rm -rf "$WORK/mydumper"
     T=$(now)
-    mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
+    cpu_run "$WORK/mydumper-run" mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
     D=$(since "$T")
     T=$(now)
-    myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
+    cpu_run "$WORK/myloader-run" myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
     L=$(since "$T")
     check_replica myloader
     TOT+=("$(echo "$D + $L" | bc -l)") DS+=("$D") LS_+=("$L")
+    MCPU+=("$(cpu_add "$(cat "$WORK/mydumper-run.cpu")" "$(cat "$WORK/myloader-run.cpu")")")
   done
   MYD_S=$(median "${TOT[@]}")
-  record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "median of $REPEAT: dump $(median "${DS[@]}") s + load $(median "${LS_[@]}") s (runs: ${TOT[*]})"
+  record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "median of $REPEAT: dump $(median "${DS[@]}") s + load $(median "${LS_[@]}") s (runs: ${TOT[*]})" "$(cpu_median "${MCPU[@]}")"
 fi
 
 if ! skipped mydumper-c; then
@@ -137,39 +163,42 @@ if ! skipped mydumper-c; then
   check_replica "myloader -c"
 fi
 
-timed() {  # timed NAME CMD... : wall seconds and peak RSS (KiB) of one command
-  /usr/bin/time -f "%e %M" -o "$WORK/$1.time" "${@:2}" > "$WORK/$1.out"
-  read -r SECS RSS < "$WORK/$1.time"
+timed() {  # timed NAME CMD... : wall seconds, peak RSS (KiB) and CPU (CPUS: tool master replica) of one command
+  local m0 r0 u s
+  m0=$(srv_cpu $MPORT) r0=$(srv_cpu $RPORT)
+  /usr/bin/time -f "%e %M %U %S" -o "$WORK/$1.time" "${@:2}" > "$WORK/$1.out"
+  read -r SECS RSS u s < "$WORK/$1.time"
+  CPUS="$(echo "$u + $s" | bc -l) $(echo "$(srv_cpu $MPORT) - $m0" | bc -l) $(echo "$(srv_cpu $RPORT) - $r0" | bc -l)"
 }
 
 if ! skipped replseed; then
-  ES_=() LS_=() TOT=() ERSS=0 LRSS=0
+  ES_=() LS_=() TOT=() ERSS=0 LRSS=0 ECPU=() LCPU=() TCPU=()
   for _ in $(seq 1 "$REPEAT"); do
     fresh_replica
     rm -rf "$WORK/stage"
     timed extract "$RS" extract --source $MASTER --stage "$WORK/stage" --snapshot bench --threads "$THREADS" --json
-    ES_+=("$SECS"); (( RSS > ERSS )) && ERSS=$RSS
+    ES_+=("$SECS"); (( RSS > ERSS )) && ERSS=$RSS; ECPU+=("$CPUS")
     BYTES=$(du -sb "$WORK/stage" | cut -f1)
     timed load "$RS" load --stage "$WORK/stage" --snapshot bench --target $REPLICA --threads "$THREADS" --json
-    LS_+=("$SECS"); (( RSS > LRSS )) && LRSS=$RSS
+    LS_+=("$SECS"); (( RSS > LRSS )) && LRSS=$RSS; LCPU+=("$CPUS"); TCPU+=("$(cpu_add "${ECPU[-1]}" "$CPUS")")
     TOT+=("$(echo "${ES_[-1]} + $SECS" | bc -l)")
     check_replica "replseed load"
   done
-  record "replseed extract" "$(median "${ES_[@]}")" "$BYTES" "$ERSS" "zstd Parquet; median of $REPEAT (runs: ${ES_[*]})"
-  record "replseed load" "$(median "${LS_[@]}")" "" "$LRSS" "median of $REPEAT (runs: ${LS_[*]})"
-  record "replseed extract, then load" "$(median "${TOT[@]}")" "$BYTES" "" "median of $REPEAT"
+  record "replseed extract" "$(median "${ES_[@]}")" "$BYTES" "$ERSS" "zstd Parquet; median of $REPEAT (runs: ${ES_[*]})" "$(cpu_median "${ECPU[@]}")"
+  record "replseed load" "$(median "${LS_[@]}")" "" "$LRSS" "median of $REPEAT (runs: ${LS_[*]})" "$(cpu_median "${LCPU[@]}")"
+  record "replseed extract, then load" "$(median "${TOT[@]}")" "$BYTES" "" "median of $REPEAT" "$(cpu_median "${TCPU[@]}")"
 fi
 
 if ! skipped provision; then
-  PS_=() PRSS=0
+  PS_=() PRSS=0 PCPU=()
   for _ in $(seq 1 "$REPEAT"); do
     fresh_replica
     rm -rf "$WORK/stage-p"
     timed provision "$RS" provision --source $MASTER --target $REPLICA --stage "$WORK/stage-p" --threads "$THREADS" --json
-    PS_+=("$SECS"); (( RSS > PRSS )) && PRSS=$RSS
+    PS_+=("$SECS"); (( RSS > PRSS )) && PRSS=$RSS; PCPU+=("$CPUS")
     check_replica "replseed provision"
   done
-  record "replseed provision (end to end)" "$(median "${PS_[@]}")" "$(du -sb "$WORK/stage-p" | cut -f1)" "$PRSS" "extract, load while extracting, catch up: replicating at the end; median of $REPEAT (runs: ${PS_[*]})"
+  record "replseed provision (end to end)" "$(median "${PS_[@]}")" "$(du -sb "$WORK/stage-p" | cut -f1)" "$PRSS" "extract, load while extracting, catch up: replicating at the end; median of $REPEAT (runs: ${PS_[*]})" "$(cpu_median "${PCPU[@]}")"
 fi
 
 if ! skipped backup; then
@@ -226,15 +255,15 @@ MEM=$(free -g | awk '/Mem:/ {print $2}')
   echo "Every tool copies the same sysbench database ($TABLES tables x $ROWS rows, ${INNODB_MB} MiB in InnoDB) from one"
   echo "master into a fresh, empty replica on the same machine, with $THREADS threads; each copy is checked with CHECKSUM TABLE."
   echo
-  echo "| tool | wall time (s) | vs mydumper+myloader | staged bytes | peak RSS | notes |"
-  echo "|---|---:|---:|---:|---:|---|"
+  echo "| tool | wall time (s) | vs mydumper+myloader | staged bytes | peak RSS | CPU s: tool / master / replica | notes |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   for r in "${RESULTS[@]}"; do
-    IFS=$SEP read -r name secs bytes rss note <<< "$r"
+    IFS=$SEP read -r name secs bytes rss note cpu <<< "$r"
     ratio=""
     if [ -n "$MYD_S" ]; then ratio=$(echo "$secs / $MYD_S" | bc -l | xargs printf '%.2fx'); fi
     hbytes=""; [ -n "$bytes" ] && hbytes=$(numfmt --to=iec-i --suffix=B "$bytes")
     hrss=""; [ -n "$rss" ] && hrss="$((rss / 1024)) MiB"
-    echo "| $name | $(printf '%.1f' "$secs") | $ratio | $hbytes | $hrss | $note |"
+    echo "| $name | $(printf '%.1f' "$secs") | $ratio | $hbytes | $hrss | $cpu | $note |"
   done
   echo
   [ -n "$BIG_LINE" ] && { echo "Memory and table size: $BIG_LINE"; echo; }
@@ -257,6 +286,9 @@ MEM=$(free -g | awk '/Mem:/ {print $2}')
   echo '```'
   echo
   echo "Peak RSS is /usr/bin/time's maximum resident set size of the replseed process (the largest of the repeated runs)."
+  echo "CPU s is the user + system CPU time of the tool's process(es), and what the master's and the replica's"
+  echo "mariadbd used meanwhile (from /proc), each the median of the repeated runs: with all three on $(nproc) cores,"
+  echo "their sum over $(nproc) is the least wall time any overlap of the work could reach."
   if [ -f docs/bench-notes.md ] && [ "$OUT" = docs/BENCHMARKS.md ]; then echo; cat docs/bench-notes.md; fi
 } > "$OUT"
 echo "wrote $OUT" >&2
