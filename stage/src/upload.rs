@@ -24,6 +24,11 @@ const BUFFER: usize = 8 << 20;
 const PART: usize = 5 << 20;
 /// Parts uploading at once per object.
 const IN_FLIGHT: usize = 2;
+/// Bytes taken per write at most. The payload buffers copy each write into
+/// a block of that write's size, and blocks under the 1 MiB mmap threshold
+/// (src/main.rs) are reused from the heap; whole row groups of 8-32 MiB
+/// in one write were mapped and faulted in afresh.
+const WRITE_MAX: usize = 256 << 10;
 
 /// Aborts of unfinished uploads, for [`crate::Stage::settle_uploads`].
 pub type Aborts = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
@@ -93,6 +98,7 @@ impl AsyncWrite for UploadSink {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_created(cx))?;
+        let buf = &buf[..buf.len().min(WRITE_MAX)];
         match &mut this.state {
             State::Buffering(b) => {
                 b.extend_from_slice(buf);
