@@ -45,7 +45,10 @@ fn bound_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            replseed_stage::MMAP_THRESHOLD as i32,
+        );
     }
     replseed_db::bound_driver_buffers();
 }

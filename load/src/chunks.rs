@@ -22,12 +22,13 @@ use crate::{LoadError, LoadPlan};
 /// `replseed_db::bound_driver_buffers`). Pieces of 128 KiB made one
 /// `LOAD DATA` stream slower: one 4M-row table loaded one chunk at a time
 /// took 61-71 s against 47-51 s with 1 MiB pieces, in alternating runs. A
-/// piece's buffer ([`PIECE_BUF`]) stays under the 1 MiB
-/// above which the process maps memory afresh (see `bound_memory` in
-/// main.rs), so that it is reused rather than faulted in.
+/// piece's buffer ([`PIECE_BUF`]) stays under
+/// [`replseed_stage::MMAP_THRESHOLD`], so that it is reused rather than
+/// faulted in.
 const PIECE: usize = 896 << 10;
 /// A piece's buffer: PIECE and one encoded slice's overshoot.
 const PIECE_BUF: usize = PIECE + (96 << 10);
+const _: () = assert!(PIECE_BUF < replseed_stage::MMAP_THRESHOLD);
 
 /// The producer's error when the statement stopped reading its rows: a
 /// consequence of the statement's failure, never its cause.

@@ -30,6 +30,13 @@ pub use store::{
     open_chunk, ChunkProps, ChunkRows, ChunkWriter, LocalChunk, SnapshotState, Stage, VerifyReport,
 };
 
+/// The size from which glibc maps a block afresh and unmaps it when freed:
+/// `main` fixes `M_MMAP_THRESHOLD` here to keep the RSS near the heap in use.
+/// Buffers that hot paths allocate over and over (Parquet pages, upload
+/// blocks, LOAD DATA pieces) are sized under it, so that they are reused
+/// from the heap instead of faulted in page by page each time.
+pub const MMAP_THRESHOLD: usize = 1 << 20;
+
 /// Schemas a snapshot never contains: the server's own, and replseed's
 /// bookkeeping on load targets.
 pub const SYSTEM_SCHEMAS: &[&str] = &[

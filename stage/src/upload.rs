@@ -25,10 +25,10 @@ const PART: usize = 5 << 20;
 /// Parts uploading at once per object.
 const IN_FLIGHT: usize = 2;
 /// Bytes taken per write at most. The payload buffers copy each write into
-/// a block of that write's size, and blocks under the 1 MiB mmap threshold
-/// (src/main.rs) are reused from the heap; whole row groups of 8-32 MiB
-/// in one write were mapped and faulted in afresh.
-const WRITE_MAX: usize = 256 << 10;
+/// a block of that write's size, which stays under [`crate::MMAP_THRESHOLD`]
+/// this way; whole row groups of 8-32 MiB in one write were mapped and
+/// faulted in afresh.
+const WRITE_MAX: usize = crate::MMAP_THRESHOLD / 4;
 
 /// Aborts of unfinished uploads, for [`crate::Stage::settle_uploads`].
 pub type Aborts = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
