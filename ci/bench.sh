@@ -92,14 +92,16 @@ srv_cpu() {
   [ -n "$pid" ] || { echo 0; return; }
   awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"
 }
-# CPU seconds of the tool, the master and the replica during one command,
-# as "tool master replica": the profile of where the time goes, run by run.
-cpu_run() {  # cpu_run FILE CMD... : the command's output goes to stdout
-  local m0 r0 t
+# Runs CMD... under /usr/bin/time with FORMAT (which must end in "%U %S"),
+# into FILE; sets CPUS to the CPU seconds of the tool, the master and the
+# replica meanwhile, "tool master replica": the profile of where the time
+# goes, run by run. The command's output goes to stdout.
+cpu_timed() {  # cpu_timed FILE FORMAT CMD...
+  local m0 r0 u s
   m0=$(srv_cpu $MPORT) r0=$(srv_cpu $RPORT)
-  /usr/bin/time -f "%U %S" -o "$1.cpu" "${@:2}"
-  read -r u s < "$1.cpu"
-  echo "$(echo "$u + $s" | bc -l) $(echo "$(srv_cpu $MPORT) - $m0" | bc -l) $(echo "$(srv_cpu $RPORT) - $r0" | bc -l)" > "$1.cpu"
+  /usr/bin/time -f "$2" -o "$1" "${@:3}"
+  read -r u s <<< "$(awk '{print $(NF-1), $NF}' "$1")"
+  CPUS="$(echo "$u + $s" | bc -l) $(echo "$(srv_cpu $MPORT) - $m0" | bc -l) $(echo "$(srv_cpu $RPORT) - $r0" | bc -l)"
 }
 # Adds up "tool master replica" triples.
 cpu_add() { echo "$1 $2" | awk '{printf "%.1f %.1f %.1f", $1 + $4, $2 + $5, $3 + $6}'; }
@@ -137,14 +139,14 @@ if ! skipped mydumper; then
     fresh_replica
     rm -rf "$WORK/mydumper"
     T=$(now)
-    cpu_run "$WORK/mydumper-run" mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
-    D=$(since "$T")
+    cpu_timed "$WORK/mydumper.cpu" "%U %S" mydumper -h 127.0.0.1 -P $MPORT -u root -B sbtest -t "$THREADS" -r 100000 -o "$WORK/mydumper"
+    D=$(since "$T") DCPU=$CPUS
     T=$(now)
-    cpu_run "$WORK/myloader-run" myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
+    cpu_timed "$WORK/myloader.cpu" "%U %S" myloader -h 127.0.0.1 -P $RPORT -u root -d "$WORK/mydumper" -t "$THREADS"
     L=$(since "$T")
     check_replica myloader
     TOT+=("$(echo "$D + $L" | bc -l)") DS+=("$D") LS_+=("$L")
-    MCPU+=("$(cpu_add "$(cat "$WORK/mydumper-run.cpu")" "$(cat "$WORK/myloader-run.cpu")")")
+    MCPU+=("$(cpu_add "$DCPU" "$CPUS")")
   done
   MYD_S=$(median "${TOT[@]}")
   record "mydumper + myloader (uncompressed)" "$MYD_S" "$(du -sb "$WORK/mydumper" | cut -f1)" "" "median of $REPEAT: dump $(median "${DS[@]}") s + load $(median "${LS_[@]}") s (runs: ${TOT[*]})" "$(cpu_median "${MCPU[@]}")"
@@ -163,12 +165,9 @@ if ! skipped mydumper-c; then
   check_replica "myloader -c"
 fi
 
-timed() {  # timed NAME CMD... : wall seconds, peak RSS (KiB) and CPU (CPUS: tool master replica) of one command
-  local m0 r0 u s
-  m0=$(srv_cpu $MPORT) r0=$(srv_cpu $RPORT)
-  /usr/bin/time -f "%e %M %U %S" -o "$WORK/$1.time" "${@:2}" > "$WORK/$1.out"
-  read -r SECS RSS u s < "$WORK/$1.time"
-  CPUS="$(echo "$u + $s" | bc -l) $(echo "$(srv_cpu $MPORT) - $m0" | bc -l) $(echo "$(srv_cpu $RPORT) - $r0" | bc -l)"
+timed() {  # timed NAME CMD... : wall seconds (SECS), peak RSS in KiB (RSS) and CPU (CPUS) of one command
+  cpu_timed "$WORK/$1.time" "%e %M %U %S" "${@:2}" > "$WORK/$1.out"
+  read -r SECS RSS _ < "$WORK/$1.time"
 }
 
 if ! skipped replseed; then
