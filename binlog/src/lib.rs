@@ -3,6 +3,7 @@
 //! * [`gtid`]: GTIDs and GTID states.
 //! * [`event`]: events as bytes: the header, the bodies replseed reads, the
 //!   events it makes, CRC32.
+//! * [`rows`]: snapshot rows as TABLE_MAP and WRITE_ROWS events.
 //! * [`segment`]: one archive segment being assembled.
 //! * [`archiver`]: `replseed archive`, the master's binlog into the stage.
 //! * [`serve`]: `replseed serve`, the archive to MariaDB replicas over the
@@ -16,6 +17,7 @@
 pub mod archiver;
 pub mod event;
 pub mod gtid;
+pub mod rows;
 pub mod segment;
 pub mod serve;
 
