@@ -277,9 +277,13 @@ impl Bound<'_> {
                 })?;
                 values::push_int(out, int_value(index, i)?, n)
             }
-            Packing::Inet4 => out.extend_from_slice(&values::inet4(text_value(a, i)?)?),
-            Packing::Inet6 => out.extend_from_slice(&values::inet6(text_value(a, i)?)?),
-            Packing::Uuid => out.extend_from_slice(&values::uuid_record(text_value(a, i)?)?),
+            Packing::Inet4 => {
+                values::push_fixed(out, &values::inet4(text_value(a, i)?)?, 1, b"\0")?
+            }
+            Packing::Inet6 => {
+                values::push_fixed(out, &values::inet6(text_value(a, i)?)?, 1, b"\0")?
+            }
+            Packing::Uuid => values::push_fixed(out, &values::uuid(text_value(a, i)?)?, 1, b"\0")?,
         }
         Ok(())
     }

@@ -103,11 +103,11 @@ pub enum Packing {
     Enum(u8),
     /// SET: member bits in 1, 2, 3, 4 or 8 bytes.
     Set(u8),
-    /// INET4: 4 bytes, network order.
+    /// INET4: its 4 bytes (network order) packed as BINARY(4).
     Inet4,
-    /// INET6: 16 bytes, network order.
+    /// INET6: its 16 bytes (network order) packed as BINARY(16).
     Inet6,
-    /// UUID: 16 bytes in MariaDB's record order.
+    /// UUID: its 16 bytes as written, packed as BINARY(16).
     Uuid,
 }
 

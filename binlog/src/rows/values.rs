@@ -1,5 +1,6 @@
 //! Packing of integers, floats, BIT, strings, ENUM/SET and the fixed binary
-//! types INET4, INET6 and UUID (`Field_*::pack`). DECIMAL and the temporal
+//! types INET4, INET6 and UUID (`Field_*::pack`), which pack like BINARY:
+//! a 1-byte length, then their bytes without trailing zeros. DECIMAL and the temporal
 //! types have files of their own.
 
 use super::RowsError;
@@ -56,34 +57,21 @@ pub fn inet6(text: &str) -> Result<[u8; 16], RowsError> {
         .map_err(|_| RowsError(format!("`{text}` is not an INET6 address")))
 }
 
-/// UUID text to its 16 bytes in MariaDB's record order: a UUID of the RFC
-/// 4122 variant and version 1 to 5 is stored with its segments swapped
-/// (node first, time-low last) so that time-based UUIDs sort by time
-/// (`plugin/type_uuid/sql_type_uuid.h`: `mem_need_swap`, `segment`); any
-/// other UUID is stored as written.
-pub fn uuid_record(text: &str) -> Result<[u8; 16], RowsError> {
+/// UUID text to its 16 bytes as written (the binlog carries this order:
+/// checked against a 10.11 master, whose row images hold UUIDs of version 1
+/// unswapped even though its records swap their segments).
+pub fn uuid(text: &str) -> Result<[u8; 16], RowsError> {
     let bad = || RowsError(format!("`{text}` is not a UUID"));
     let hex: Vec<u8> = text.bytes().filter(|c| *c != b'-').collect();
     if hex.len() != 32 {
         return Err(bad());
     }
-    let mut mem = [0u8; 16];
+    let mut out = [0u8; 16];
     for (i, pair) in hex.chunks(2).enumerate() {
         let s = std::str::from_utf8(pair).map_err(|_| bad())?;
-        mem[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
     }
-    let swap = (1..0x60).contains(&mem[6]) && mem[8] & 0x80 != 0;
-    if !swap {
-        return Ok(mem);
-    }
-    // (memory position, record position, length)
-    const SEGMENTS: [(usize, usize, usize); 5] =
-        [(0, 12, 4), (4, 10, 2), (6, 8, 2), (8, 6, 2), (10, 0, 6)];
-    let mut rec = [0u8; 16];
-    for (m, r, n) in SEGMENTS {
-        rec[r..r + n].copy_from_slice(&mem[m..m + n]);
-    }
-    Ok(rec)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -105,18 +93,12 @@ mod tests {
     }
 
     #[test]
-    fn uuid_segments() {
-        // Version 1, RFC variant: swapped.
+    fn fixed_binary_types() {
         assert_eq!(
-            hex::encode(uuid_record("123e4567-e89b-12d3-a456-426655440000").unwrap()),
-            "426655440000a45612d3e89b123e4567"
+            hex::encode(uuid("123e4567-e89b-12d3-a456-426655440000").unwrap()),
+            "123e4567e89b12d3a456426655440000"
         );
-        // All-ones: variant set but version 15: as written.
-        assert_eq!(
-            hex::encode(uuid_record("ffffffff-ffff-ffff-ffff-ffffffffffff").unwrap()),
-            "ffffffffffffffffffffffffffffffff"
-        );
-        assert!(uuid_record("123").is_err());
+        assert!(uuid("123").is_err());
         assert_eq!(inet4("10.0.0.1").unwrap(), [10, 0, 0, 1]);
         assert_eq!(
             inet6("::ffff:1.2.3.4").unwrap()[10..],
