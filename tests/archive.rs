@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -62,42 +61,7 @@ async fn apply_archive(stage_dir: &Path, t: &MariaDb) {
             std::fs::read(stage_dir.join(format!(".binlog/segments/{seq:012}.bin.zst"))).unwrap();
         let raw = zstd::decode_all(&stored[..]).unwrap();
         assert_eq!(raw.len() as u64, s["bytes_raw"].as_u64().unwrap());
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &raw).unwrap();
-        let decoded = std::process::Command::new("mariadb-binlog")
-            .arg(file.path())
-            .output()
-            .unwrap();
-        assert!(
-            decoded.status.success(),
-            "mariadb-binlog refused segment {seq}: {}",
-            String::from_utf8_lossy(&decoded.stderr)
-        );
-        let mut client = std::process::Command::new("mariadb")
-            .args([
-                "-h127.0.0.1",
-                "-uroot",
-                &format!("-P{}", t.port),
-                "--max-allowed-packet=1G",
-                "--binary-mode",
-            ])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        client
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&decoded.stdout)
-            .unwrap();
-        let out = client.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "applying segment {seq}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        apply_binlog(&raw, t).unwrap_or_else(|e| panic!("segment {seq}: {e}"));
     }
 }
 

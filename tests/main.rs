@@ -17,6 +17,7 @@ mod memory;
 mod parquet;
 mod replica_source;
 mod roundtrip;
+mod row_encoder;
 mod s3;
 mod split;
 mod stage_ops;

@@ -228,6 +228,50 @@ fn trunc(s: &str) -> String {
     }
 }
 
+/// Applies a binlog file's bytes to `t` through `mariadb-binlog | mariadb`.
+pub fn apply_binlog(binlog: &[u8], t: &MariaDb) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), binlog).unwrap();
+    let decoded = std::process::Command::new("mariadb-binlog")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    if !decoded.status.success() {
+        return Err(format!(
+            "mariadb-binlog refused it: {}",
+            String::from_utf8_lossy(&decoded.stderr)
+        ));
+    }
+    let mut client = std::process::Command::new("mariadb")
+        .args([
+            "-h127.0.0.1",
+            "-uroot",
+            &format!("-P{}", t.port),
+            "--max-allowed-packet=1G",
+            "--binary-mode",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&decoded.stdout)
+        .unwrap();
+    let out = client.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!(
+            "applying it: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 pub const FIXTURE_DBS: &[&str] = &["fx", "we`ird db;"];
 
 /// A replica-to-be: binlog on (it may later be promoted) and its own server_id.
