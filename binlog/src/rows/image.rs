@@ -101,20 +101,19 @@ impl<'a> BoundBatch<'a> {
 
     /// Appends row `row`'s image.
     pub fn push_row(&self, row: usize, out: &mut Vec<u8>) -> Result<(), RowsError> {
-        let nulls: Vec<bool> = self.cols.iter().map(|c| c.is_null(row)).collect();
-        for chunk in nulls.chunks(8) {
+        for chunk in self.cols.chunks(8) {
             let mut b = if chunk.len() == 8 {
                 0
             } else {
                 0xffu8 << chunk.len()
             };
-            for (i, n) in chunk.iter().enumerate() {
-                b |= u8::from(*n) << i;
+            for (i, c) in chunk.iter().enumerate() {
+                b |= u8::from(c.is_null(row)) << i;
             }
             out.push(b);
         }
-        for (c, null) in self.cols.iter().zip(nulls) {
-            if !null {
+        for c in &self.cols {
+            if !c.is_null(row) {
                 c.pack(row, out).map_err(|e| {
                     RowsError(format!("column `{}`, row {}: {}", c.name, row + 1, e.0))
                 })?;

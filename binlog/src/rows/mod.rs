@@ -20,7 +20,10 @@
 //!
 //! Generated columns are in the table map (the replica matches columns by
 //! position) but not in the row image: the snapshot does not store them, and
-//! the replica's applier computes them when it writes the row.
+//! the replica's applier computes them when it writes the row. (A master
+//! with `binlog_row_image=FULL` writes them, VIRTUAL ones too: this is the
+//! one place where our events differ from its.) `docs/design/binlog-server.md`
+//! section 6 has what was checked against a master.
 
 pub mod decimal;
 pub mod image;
