@@ -157,11 +157,25 @@ fn master_statements(m: &MariaDb) -> BTreeMap<String, Vec<Statement>> {
     out
 }
 
+/// An `information_schema.COLUMNS` row: table, column, COLUMN_TYPE,
+/// DATA_TYPE, charset, collation, IS_NULLABLE, precision, scale.
+type ColumnRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<u64>,
+    Option<u64>,
+);
+
 /// The generated columns of `db`'s tables, described as the manifest
 /// describes stored ones (the manifest leaves them out).
 async fn generated_columns(m: &MariaDb, db: &str) -> BTreeMap<String, Vec<ColumnSpec>> {
     let mut c = m.conn().await.unwrap();
-    let rows: Vec<(String, String, String, String, Option<String>, Option<String>, String, Option<u64>, Option<u64>)> = c
+    let rows: Vec<ColumnRow> = c
         .exec(
             "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, CHARACTER_SET_NAME, COLLATION_NAME, \
              IS_NULLABLE, NUMERIC_PRECISION, NUMERIC_SCALE FROM information_schema.COLUMNS \
