@@ -18,6 +18,7 @@ mod parquet;
 mod replica_source;
 mod roundtrip;
 mod s3;
+mod serve_limits;
 mod split;
 mod stage_ops;
 mod throttle;
