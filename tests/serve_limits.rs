@@ -56,6 +56,16 @@ impl Serve {
             .expect("VmRSS")
     }
 
+    /// CPU time used so far (user + system), in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let pid = self.child.id().expect("serve runs");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5), counted from the state (field 3).
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
     /// Still running (not crashed).
     fn assert_running(&mut self) {
         assert!(
@@ -69,15 +79,34 @@ impl Serve {
 /// Starts `replseed serve` on a free port (another port if it was taken
 /// meanwhile), with `extra` flags, and waits until it listens.
 async fn serve(stage: &str, extra: &[&str]) -> Serve {
+    serve_with(stage, extra, None).await
+}
+
+/// As [`serve`], with at most `nofile` file descriptors if given.
+async fn serve_with(stage: &str, extra: &[&str], nofile: Option<u32>) -> Serve {
     for _ in 0..5 {
         let port = replseed_testkit::free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec!["serve", "--stage", stage, "--listen", &listen];
         args.extend_from_slice(extra);
-        let mut child = spawn_replseed(
-            &args,
-            &[("REPLSEED_REPLICATION_PASSWORD".into(), PASSWORD.into())],
-        );
+        let env = [("REPLSEED_REPLICATION_PASSWORD".into(), PASSWORD.into())];
+        let mut child = match nofile {
+            None => spawn_replseed(&args, &env),
+            // prlimit execs replseed: the child's pid is serve's.
+            Some(n) => tokio::process::Command::new("prlimit")
+                .arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_replseed"))
+                .args(&args)
+                .env("REPLSEED_NO_PROGRESS", "1")
+                .env_remove("REPLSEED_STAGE")
+                .envs(env.iter().cloned())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("prlimit replseed serve"),
+        };
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -583,5 +612,48 @@ async fn a_damaged_segment_gives_the_replica_1236_naming_it_and_serve_stays_up()
         slave_status(&t).await
     );
     assert_identical(&m, &t, &["a"]).await;
+    s.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_serve_backs_off_instead_of_spinning() {
+    let (_dir, stage) = local_stage();
+    let mut s = serve_with(
+        &stage,
+        &["--max-connections", "500", "--handshake-timeout-secs", "60"],
+        Some(48),
+    )
+    .await;
+    // More connections than serve has descriptors: accept fails (EMFILE)
+    // for the rest, which wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(TcpStream::connect(s.addr()).await.unwrap());
+    }
+    s.wait_log("cannot accept connections").await;
+    // A window of CPU time: a loop retrying accept would burn a core in it.
+    let before = s.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = s.cpu_ticks() - before;
+    eprintln!("serve used {used} clock ticks of CPU in 3 s out of descriptors");
+    assert!(
+        used < 50,
+        "serve used {used} clock ticks of CPU in 3 s while out of descriptors"
+    );
+    assert_eq!(
+        s.log().matches("cannot accept connections").count(),
+        1,
+        "logged once per burst:\n{}",
+        s.log()
+    );
+    // Descriptors freed: the backlog drains and new clients are greeted.
+    drop(held);
+    s.wait_log("accepting connections again").await;
+    let mut c = TcpStream::connect(s.addr()).await.unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(10), read_packet(&mut c))
+        .await
+        .expect("a greeting")
+        .unwrap();
+    assert_eq!(p[0], 10);
     s.assert_running();
 }
