@@ -113,6 +113,34 @@ pub struct ServeArgs {
     /// --replication-password-file or REPLSEED_REPLICATION_PASSWORD.
     #[arg(long, env = "REPLSEED_REPLICATION_USER", default_value = "repl")]
     pub replication_user: String,
+
+    /// Connections served at once; the excess is refused with error 1040
+    /// (Too many connections), as MariaDB does.
+    #[arg(long, env = "REPLSEED_SERVE_MAX_CONNECTIONS", default_value_t = 151)]
+    pub max_connections: usize,
+
+    /// Seconds a client has from connecting to logging in (MariaDB's connect_timeout).
+    #[arg(
+        long,
+        env = "REPLSEED_SERVE_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub handshake_timeout_secs: u64,
+
+    /// Seconds a logged-in client that is not receiving the binlog may sit
+    /// idle before it is disconnected (a replica asks for the binlog at once).
+    #[arg(long, env = "REPLSEED_SERVE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Failed logins from one address within --login-block-secs after
+    /// which it is refused (error 1129) without a password check for
+    /// --login-block-secs; 0: never.
+    #[arg(long, env = "REPLSEED_SERVE_MAX_LOGIN_FAILURES", default_value_t = 5)]
+    pub max_login_failures: u32,
+
+    /// The window failed logins are counted in, and how long an address stays blocked.
+    #[arg(long, env = "REPLSEED_SERVE_LOGIN_BLOCK_SECS", default_value_t = 60)]
+    pub login_block_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,7 @@ pub async fn replay(
             user: user.into(),
             password: password.clone(),
             poll: Duration::from_secs(1),
+            limits: Default::default(),
         },
         &route.listen,
     )

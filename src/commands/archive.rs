@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use replseed_binlog::ArchivePlan;
 
-use super::{credentials, print_json, shutdown_signal};
+use super::{credentials, print_json, shutdown_signal, Failure};
 use crate::cli::ArchiveArgs;
 
 pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
@@ -45,14 +45,31 @@ pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `replseed serve`: until SIGINT/SIGTERM.
+/// `replseed serve`: until SIGINT/SIGTERM. Without a replication password
+/// it does not start (exit 2): anyone could replicate the archive.
 pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
     use secrecy::ExposeSecret;
+    let bad = |message: &str| Failure {
+        code: 2,
+        message: message.to_string(),
+    };
     let password = credentials::password("replication")?
         .map(|p| p.expose_secret().to_string())
         .unwrap_or_default();
     if password.is_empty() {
-        tracing::warn!("the replication user has no password: set REPLSEED_REPLICATION_PASSWORD or --replication-password-file");
+        return Err(bad(&format!(
+            "replseed serve needs a password for the replication user '{}': set REPLSEED_REPLICATION_PASSWORD or --replication-password-file",
+            a.replication_user
+        ))
+        .into());
+    }
+    if a.max_connections == 0 || a.handshake_timeout_secs == 0 || a.idle_timeout_secs == 0 {
+        return Err(bad("--max-connections, --handshake-timeout-secs and --idle-timeout-secs must be at least 1").into());
+    }
+    if a.max_login_failures > 0 && a.login_block_secs == 0 {
+        return Err(
+            bad("--login-block-secs must be at least 1 (or --max-login-failures 0)").into(),
+        );
     }
     let plan = replseed_binlog::serve::ServePlan {
         stage: credentials::stage(&a.stage.stage)?,
@@ -60,6 +77,13 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
         user: a.replication_user,
         password,
         poll: Duration::from_secs(1),
+        limits: replseed_binlog::serve::Limits {
+            max_connections: a.max_connections,
+            handshake_timeout: Duration::from_secs(a.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(a.idle_timeout_secs),
+            max_login_failures: a.max_login_failures,
+            login_block: Duration::from_secs(a.login_block_secs),
+        },
     };
     let serving = replseed_binlog::serve::start(plan, &a.listen)
         .await

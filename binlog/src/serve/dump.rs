@@ -32,7 +32,8 @@ pub fn start_segment(segments: &[SegmentManifest], want: &GtidState) -> Option<u
         .rposition(|s| want.covers(&state(&s.start_state)))
 }
 
-/// Splits a segment's binlog file into its events.
+/// Splits a segment's binlog file into its events, each checked: its
+/// length within the file, its CRC32 where the format description says.
 fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>, String> {
     if raw.get(..4) != Some(&MAGIC[..]) {
         return Err("not a binlog file".into());
@@ -42,14 +43,27 @@ fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>,
     while at < raw.len() {
         let len = raw
             .get(at + 9..at + 13)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-            .ok_or("truncated event header")?;
-        let bytes = raw.get(at..at + len).ok_or("truncated event")?.to_vec();
+            .and_then(|b| b.first_chunk::<4>())
+            .map(|b| u32::from_le_bytes(*b) as usize)
+            .ok_or_else(|| format!("truncated event header at offset {at}"))?;
+        if len < HEADER_LEN {
+            return Err(format!("bad event length {len} at offset {at}"));
+        }
+        let bytes = raw
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| format!("truncated event at offset {at}"))?
+            .to_vec();
         let is_fde = bytes.get(4) == Some(&types::FORMAT_DESCRIPTION);
-        let e =
-            RawEvent::new(bytes, is_fde || *checksummed_after_fde).map_err(|e| e.to_string())?;
-        if is_fde {
+        let e = RawEvent::new(bytes, is_fde || *checksummed_after_fde)
+            .map_err(|e| format!("event at offset {at}: {e}"))?;
+        let checksummed = if is_fde {
             *checksummed_after_fde = e.fde_checksum_alg().map_err(|e| e.to_string())? == 1;
+            *checksummed_after_fde
+        } else {
+            *checksummed_after_fde
+        };
+        if checksummed && !e.checksum_ok() {
+            return Err(format!("CRC32 mismatch in the event at offset {at}"));
         }
         out.push(e);
         at += len;
@@ -58,7 +72,8 @@ fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>,
 }
 
 /// The format description as sent to a replica: not in use, no creation
-/// time, checksum recomputed.
+/// time, checksum recomputed. Its length was checked by `events`
+/// (`fde_checksum_alg`), so the fields written here are inside it.
 fn fde_for_replica(fde: &RawEvent) -> RawEvent {
     let mut b = fde.bytes().to_vec();
     let flags = u16::from_le_bytes([b[17], b[18]]) & !event::FLAG_IN_USE;
@@ -172,33 +187,53 @@ impl Stream {
         seg: &SegmentManifest,
         skip_replication: bool,
     ) -> std::io::Result<Result<(), String>> {
+        // Every error names the segment's object key: the replica's
+        // Last_IO_Error says which object to look at.
+        let key = replseed_stage::archive::segment_path(seg.seq);
+        let damaged = |m: &str| format!("replseed serve: segment {key} is damaged: {m}");
         let stored = match shared.stage.read_segment(seg).await {
             Ok(b) => b,
             Err(e) => return Ok(Err(format!("replseed serve: {e}"))),
         };
-        let raw = match tokio::task::spawn_blocking(move || zstd::decode_all(&stored[..])).await {
-            Ok(Ok(r)) => r,
-            _ => {
-                return Ok(Err(format!(
-                    "replseed serve: segment {} does not decompress",
-                    seg.seq
-                )))
+        // Decompressed no further than the manifest's size: a short or
+        // overlong segment is refused, and memory stays within it.
+        let want = seg.bytes_raw;
+        let raw = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            zstd::stream::read::Decoder::new(&stored[..])?
+                .take(want.saturating_add(1))
+                .read_to_end(&mut raw)?;
+            Ok(raw)
+        })
+        .await;
+        let raw = match raw {
+            Ok(Ok(r)) if r.len() as u64 == want => r,
+            Ok(Ok(r)) => {
+                return Ok(Err(damaged(&format!(
+                    "it decompresses to {}{} bytes, the manifest says {want}",
+                    r.len(),
+                    if r.len() as u64 > want {
+                        " or more"
+                    } else {
+                        ""
+                    }
+                ))))
             }
+            Ok(Err(e)) => return Ok(Err(damaged(&format!("it does not decompress ({e})")))),
+            Err(e) => return Ok(Err(damaged(&format!("decompressing it failed ({e})")))),
         };
         let mut crc = false;
         let evs = match events(&raw, &mut crc) {
             Ok(e) => e,
-            Err(m) => return Ok(Err(format!("replseed serve: segment {}: {m}", seg.seq))),
+            Err(m) => return Ok(Err(damaged(&m))),
         };
         // The segment's own header: its format description and GTID list.
         let Some(fde) = evs
             .first()
             .filter(|e| e.kind() == types::FORMAT_DESCRIPTION)
         else {
-            return Ok(Err(format!(
-                "replseed serve: segment {} has no format description",
-                seg.seq
-            )));
+            return Ok(Err(damaged("it has no format description")));
         };
         if seg.master_file != self.file {
             let rotate =
@@ -209,9 +244,12 @@ impl Stream {
             self.checksummed = crc;
         }
         let mut skipping = false;
-        for e in &evs[2..] {
+        for e in evs.iter().skip(2) {
             if e.kind() == types::GTID {
-                let (g, _) = e.gtid().map_err(std::io::Error::other)?;
+                let g = match e.gtid() {
+                    Ok((g, _)) => g,
+                    Err(m) => return Ok(Err(damaged(&format!("a GTID event: {m}")))),
+                };
                 skipping = self.skip.contains(&g);
                 if !skipping {
                     self.sent += 1;

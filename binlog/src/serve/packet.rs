@@ -1,80 +1,127 @@
-//! MySQL protocol framing for the server side: packets of up to 16 MiB - 1
-//! with a sequence id, larger payloads split, and the few packets a
-//! replica's IO thread needs built by hand (OK, EOF, ERR, text result sets;
-//! it does not negotiate `CLIENT_DEPRECATE_EOF`).
+//! MySQL protocol framing for the server side, with mysql_common's
+//! `PacketCodec`: packets of up to 16 MiB - 1 with a sequence id, larger
+//! payloads split. What a client sends is bounded before it is read: the
+//! codec refuses a header whose length (with the continuation packets
+//! before it) exceeds the cap, so a header claiming 16 MiB commits nothing
+//! and the input buffer never holds more than the cap and one read. The
+//! few packets a replica's IO thread needs are built by hand (OK, EOF,
+//! ERR, text result sets; it does not negotiate `CLIENT_DEPRECATE_EOF`).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use bytes::BytesMut;
+use mysql_common::proto::codec::error::PacketCodecError;
+use mysql_common::proto::codec::PacketCodec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const MAX_PAYLOAD: usize = 0xff_ffff;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4 << 10;
+/// Written bytes are sent once this many are buffered.
+const WRITE_BUFFER: usize = 64 << 10;
 
 /// One client connection's packets.
 pub struct Packets {
-    stream: BufWriter<TcpStream>,
-    seq: u8,
+    stream: TcpStream,
+    codec: PacketCodec,
+    /// The largest payload read (see `limits.rs`).
+    cap: usize,
+    input: BytesMut,
+    output: BytesMut,
 }
 
+/// A client's packet over the cap (the connection is to be dropped).
+pub fn is_too_large(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<TooLarge>())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a packet larger than {0} bytes")]
+struct TooLarge(usize);
+
 impl Packets {
-    /// Wraps an accepted connection.
-    pub fn new(stream: TcpStream) -> Packets {
+    /// Wraps an accepted connection; payloads read are at most `cap` bytes.
+    pub fn new(stream: TcpStream, cap: usize) -> Packets {
         let _ = stream.set_nodelay(true);
         Packets {
-            stream: BufWriter::with_capacity(1 << 16, stream),
-            seq: 0,
+            stream,
+            codec: PacketCodec::default(),
+            cap,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
         }
     }
 
+    /// Sets the largest payload read from now on.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap;
+    }
+
     /// Reads one payload (joining split packets); `None` at end of stream.
+    /// A packet over the cap is an error for which [`is_too_large`] holds.
     pub async fn read(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         let mut payload = Vec::new();
         loop {
-            let mut head = [0u8; 4];
-            match self.stream.get_mut().read_exact(&mut head).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && payload.is_empty() => {
-                    return Ok(None)
+            // The codec has one limit for both directions: ours is on reads.
+            self.codec.max_allowed_packet = self.cap;
+            match self.codec.decode(&mut self.input, &mut payload) {
+                Ok(true) => return Ok(Some(payload)),
+                Ok(false) => {}
+                Err(PacketCodecError::PacketTooLarge) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        TooLarge(self.cap),
+                    ))
                 }
-                Err(e) => return Err(e),
+                Err(PacketCodecError::Io(e)) => return Err(e),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ))
+                }
             }
-            let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
-            self.seq = head[3].wrapping_add(1);
-            let start = payload.len();
-            payload.resize(start + len, 0);
-            self.stream
-                .get_mut()
-                .read_exact(&mut payload[start..])
-                .await?;
-            if len < MAX_PAYLOAD {
-                return Ok(Some(payload));
+            self.input.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                if payload.is_empty() && self.input.is_empty() {
+                    return Ok(None);
+                }
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
     }
 
     /// A new command starts its sequence at 0 (the client's packet).
     pub fn reset(&mut self) {
-        self.seq = 0;
+        self.codec.reset_seq_id();
     }
 
-    /// Writes one payload (split as the protocol asks), without flushing.
+    /// Writes one payload (split as the protocol asks), sending it once
+    /// enough is buffered.
     pub async fn write(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        let mut rest = payload;
-        loop {
-            let n = rest.len().min(MAX_PAYLOAD);
-            let len = (n as u32).to_le_bytes();
-            self.stream
-                .write_all(&[len[0], len[1], len[2], self.seq])
-                .await?;
-            self.stream.write_all(&rest[..n]).await?;
-            self.seq = self.seq.wrapping_add(1);
-            rest = &rest[n..];
-            if n < MAX_PAYLOAD {
-                return Ok(());
-            }
+        // What is written is the archive's events, as large as the master
+        // wrote them: no cap on this side.
+        self.codec.max_allowed_packet = usize::MAX;
+        self.codec
+            .encode(&mut &payload[..], &mut self.output)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if self.output.len() >= WRITE_BUFFER {
+            self.send().await?;
         }
+        Ok(())
+    }
+
+    async fn send(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(&self.output).await?;
+        self.output.clear();
+        if self.output.capacity() > 4 * WRITE_BUFFER {
+            // After a large event: do not keep its buffer.
+            self.output = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Sends what was written.
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.send().await?;
         self.stream.flush().await
     }
 
@@ -87,12 +134,7 @@ impl Packets {
 
     /// ERR `code` with SQLSTATE `state`, flushed.
     pub async fn err(&mut self, code: u16, state: &str, message: &str) -> std::io::Result<()> {
-        let mut p = vec![0xff];
-        p.extend_from_slice(&code.to_le_bytes());
-        p.push(b'#');
-        p.extend_from_slice(state.as_bytes());
-        p.extend_from_slice(message.as_bytes());
-        self.write(&p).await?;
+        self.write(&err_payload(code, state, message)).await?;
         self.flush().await
     }
 
@@ -136,6 +178,25 @@ impl Packets {
         self.eof().await?;
         self.flush().await
     }
+}
+
+/// An ERR packet's payload.
+pub fn err_payload(code: u16, state: &str, message: &str) -> Vec<u8> {
+    let mut p = vec![0xff];
+    p.extend_from_slice(&code.to_le_bytes());
+    p.push(b'#');
+    p.extend_from_slice(state.as_bytes());
+    p.extend_from_slice(message.as_bytes());
+    p
+}
+
+/// An ERR packet as the first (and only) packet of a connection, framed:
+/// what is sent instead of the greeting to a client that is refused.
+pub fn refusal(code: u16, state: &str, message: &str) -> Vec<u8> {
+    let p = err_payload(code, state, message);
+    let mut out = BytesMut::new();
+    mysql_common::proto::codec::packet_to_chunks(0, &mut &p[..], &mut out);
+    out.to_vec()
 }
 
 /// Appends a length-encoded integer.

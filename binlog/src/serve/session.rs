@@ -1,14 +1,20 @@
 //! One replica's session: the handshake (mysql_native_password), the
 //! queries its IO thread sends on connect, `COM_REGISTER_SLAVE`, and
 //! `COM_BINLOG_DUMP`, which hands over to `dump.rs`. What is answered and
-//! why is in `docs/design/binlog-server.md`.
+//! why is in `docs/design/binlog-server.md`. Before the login the client
+//! gets the handshake timeout and packets of `MAX_PACKET_BEFORE_AUTH`;
+//! after it, the idle timeout per command and `MAX_PACKET_AFTER_AUTH`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::dump;
-use super::packet::{get_lenenc_int, Packets};
+use super::limits::{MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
+use super::packet::{get_lenenc_int, is_too_large, Packets};
 use super::Shared;
 use crate::gtid::GtidState;
 
@@ -43,14 +49,14 @@ pub struct Requested {
     pub replica_id: u32,
 }
 
-fn scramble() -> [u8; 20] {
+fn scramble() -> std::io::Result<[u8; 20]> {
     let mut s = [0u8; 20];
-    getrandom::fill(&mut s).expect("OS randomness");
+    getrandom::fill(&mut s).map_err(|e| std::io::Error::other(format!("no OS randomness: {e}")))?;
     // Printable, never NUL, as MariaDB's own.
     for b in s.iter_mut() {
         *b = 33 + *b % 94;
     }
-    s
+    Ok(s)
 }
 
 /// `SHA1(pw) XOR SHA1(scramble ‖ SHA1(SHA1(pw)))`, what the client sends.
@@ -94,8 +100,8 @@ fn parse_response(p: &[u8]) -> Option<(String, Vec<u8>)> {
     let user = String::from_utf8_lossy(&p[at..end]).into_owned();
     at = end + 1;
     let auth = if flags & 0x20_0000 != 0 {
-        let n = get_lenenc_int(p, &mut at)? as usize;
-        p.get(at..at + n)?.to_vec()
+        let n = usize::try_from(get_lenenc_int(p, &mut at)?).ok()?;
+        p.get(at..at.checked_add(n)?)?.to_vec()
     } else if flags & 0x8000 != 0 {
         let n = *p.get(at)? as usize;
         p.get(at + 1..at + 1 + n)?.to_vec()
@@ -110,29 +116,105 @@ fn unquote(v: &str) -> String {
     v.trim().trim_matches(|c| c == '\'' || c == '"').to_string()
 }
 
+/// A user name as logged: what the client sent, escaped and cut short.
+fn loggable(user: &str) -> String {
+    let cut: String = user.chars().take(64).collect();
+    format!("{cut:?}")
+}
+
+/// How a session ends early, for the log.
+fn ended(peer: SocketAddr, what: &str, limit: Duration) -> std::io::Error {
+    debug!(%peer, "{what}: closing the connection after {} s", limit.as_secs_f64());
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
 /// Runs one session to its end.
 pub async fn run(
     stream: TcpStream,
+    peer: SocketAddr,
     conn_id: u32,
     shared: std::sync::Arc<Shared>,
 ) -> std::io::Result<()> {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let mut pk = Packets::new(stream);
-    let nonce = scramble();
+    let mut pk = Packets::new(stream, MAX_PACKET_BEFORE_AUTH);
+    let limits = &shared.limits;
+    if let Some(left) = shared.logins.blocked(peer.ip()) {
+        // As MariaDB's blocked hosts: refused before any password is looked at.
+        return pk
+            .err(
+                1129,
+                "HY000",
+                &format!(
+                    "Host '{}' is blocked because of {} failed logins; try again in {} s",
+                    peer.ip(),
+                    limits.max_login_failures,
+                    left.as_secs() + 1
+                ),
+            )
+            .await;
+    }
+    let logged_in = match tokio::time::timeout(
+        limits.handshake_timeout,
+        login(&mut pk, peer, conn_id, &shared),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => return Err(ended(peer, "login", limits.handshake_timeout)),
+    };
+    match logged_in {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(e) => return Err(dropped(peer, e)),
+    }
+    pk.set_cap(MAX_PACKET_AFTER_AUTH);
+    debug!(%peer, "replica connected");
+
+    let mut req = Requested::default();
+    loop {
+        pk.reset();
+        let next = tokio::time::timeout(limits.idle_timeout, command(&mut pk, &mut req, &shared))
+            .await
+            .map_err(|_| ended(peer, "idle session", limits.idle_timeout))?
+            .map_err(|e| dropped(peer, e))?;
+        match next {
+            Next::More => {}
+            Next::Quit => return Ok(()),
+            Next::Dump => {
+                info!(%peer, replica = req.replica_id, state = ?req.connect_state, "binlog dump requested");
+                return dump::run(&mut pk, &req, &shared).await;
+            }
+        }
+    }
+}
+
+/// Logs a connection dropped for a packet over the cap.
+fn dropped(peer: SocketAddr, e: std::io::Error) -> std::io::Error {
+    if is_too_large(&e) {
+        warn!(%peer, "dropping the connection: {e}");
+    }
+    e
+}
+
+/// The greeting, the client's response and the password check; `false`
+/// when the client was refused (and told so).
+async fn login(
+    pk: &mut Packets,
+    peer: SocketAddr,
+    conn_id: u32,
+    shared: &Shared,
+) -> std::io::Result<bool> {
+    let nonce = scramble()?;
     pk.write(&greeting(conn_id, &nonce)).await?;
     pk.flush().await?;
     let Some(resp) = pk.read().await? else {
-        return Ok(());
+        return Ok(false);
     };
     if resp.len() == 32 {
         pk.err(1045, "28000", "replseed serve does not offer TLS")
             .await?;
-        return Ok(());
+        return Ok(false);
     }
-    let ok = match parse_response(&resp) {
+    let (user, ok) = match parse_response(&resp) {
         Some((user, reply)) => {
             let want = native_reply(&nonce, shared.password.as_bytes());
             // Constant time: every byte is looked at.
@@ -142,46 +224,61 @@ pub async fn run(
                     .zip(&want)
                     .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                     == 0;
-            user == shared.user && same
+            let ok = user == shared.user && same;
+            (user, ok)
         }
-        None => false,
+        None => (String::new(), false),
     };
     if !ok {
+        let user = loggable(&user);
+        warn!(%peer, %user, "failed login to replseed serve");
+        if shared.logins.failed(peer.ip()) {
+            warn!(
+                %peer,
+                failures = shared.limits.max_login_failures,
+                seconds = shared.limits.login_block.as_secs(),
+                "blocking the address after repeated failed logins"
+            );
+        }
         pk.err(1045, "28000", "Access denied (replseed serve)")
             .await?;
-        return Ok(());
+        return Ok(false);
     }
+    shared.logins.succeeded(peer.ip());
     pk.ok().await?;
-    debug!(%peer, "replica connected");
+    Ok(true)
+}
 
-    let mut req = Requested::default();
-    loop {
-        pk.reset();
-        let Some(cmd) = pk.read().await? else {
-            return Ok(());
-        };
-        match cmd.first() {
-            Some(0x01) => return Ok(()),  // COM_QUIT
-            Some(0x0e) => pk.ok().await?, // COM_PING
-            Some(0x03) => {
-                let q = String::from_utf8_lossy(&cmd[1..]).into_owned();
-                query(&mut pk, &q, &mut req, &shared).await?;
-            }
-            Some(0x15) => {
-                // COM_REGISTER_SLAVE: the replica's server_id.
-                req.replica_id = cmd
-                    .get(1..5)
-                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .unwrap_or(0);
-                pk.ok().await?;
-            }
-            Some(0x12) => {
-                info!(%peer, replica = req.replica_id, state = ?req.connect_state, "binlog dump requested");
-                return dump::run(&mut pk, &req, &shared).await;
-            }
-            _ => pk.err(1047, "08S01", "Unknown command").await?,
+enum Next {
+    More,
+    Quit,
+    Dump,
+}
+
+/// Reads and answers one command before the dump.
+async fn command(pk: &mut Packets, req: &mut Requested, shared: &Shared) -> std::io::Result<Next> {
+    let Some(cmd) = pk.read().await? else {
+        return Ok(Next::Quit);
+    };
+    match cmd.split_first() {
+        Some((0x01, _)) => return Ok(Next::Quit), // COM_QUIT
+        Some((0x0e, _)) => pk.ok().await?,        // COM_PING
+        Some((0x03, q)) => {
+            let q = String::from_utf8_lossy(q).into_owned();
+            query(pk, &q, req, shared).await?;
         }
+        Some((0x15, rest)) => {
+            // COM_REGISTER_SLAVE: the replica's server_id.
+            req.replica_id = rest
+                .first_chunk::<4>()
+                .map(|b| u32::from_le_bytes(*b))
+                .unwrap_or(0);
+            pk.ok().await?;
+        }
+        Some((0x12, _)) => return Ok(Next::Dump),
+        _ => pk.err(1047, "08S01", "Unknown command").await?,
     }
+    Ok(Next::More)
 }
 
 /// Answers one of the queries a replica's IO thread sends on connect.
