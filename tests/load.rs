@@ -214,9 +214,53 @@ async fn a_corrupt_chunk_stops_the_load_which_then_resumes() {
         err.contains(&format!("chunk `{victim}` is corrupt")),
         "{err}"
     );
-    // No rows of the bad chunk went in.
-    let key = orders["chunks"][2].clone();
-    let _ = key;
+    // No rows of the bad chunk went in: none in its key range, and it is
+    // not recorded as loaded (a rerun would skip it then).
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("x1/manifest.json")).unwrap())
+            .unwrap();
+    let chunk = manifest["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["tables"].as_array().unwrap())
+        .flat_map(|t| t["chunks"].as_array().unwrap())
+        .find(|c| c["path"] == victim.as_str())
+        .unwrap()
+        .clone();
+    let key = |end: &str| -> u64 {
+        chunk["key_range"][end][0]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let in_range = format!(
+        "SELECT COUNT(*) FROM shop.orders WHERE id BETWEEN {} AND {}",
+        key("first"),
+        key("last")
+    );
+    // The range holds the chunk's rows on the master...
+    assert_eq!(
+        scalar(&m, &in_range).await,
+        chunk["rows"].to_string(),
+        "{victim}"
+    );
+    // ... and none on the target.
+    assert_eq!(
+        scalar(&t, &in_range).await,
+        "0",
+        "rows of the corrupt chunk {victim} were loaded"
+    );
+    assert_eq!(
+        scalar(
+            &t,
+            &format!("SELECT COUNT(*) FROM replseed.load_chunks WHERE path = '{victim}'")
+        )
+        .await,
+        "0",
+        "the corrupt chunk is recorded as loaded"
+    );
     std::fs::write(&file, &good).unwrap();
     load_ok(&stage, "x1", &t.url(), &[]).await;
     assert_identical(&m, &t, &["shop"]).await;

@@ -53,9 +53,40 @@ async fn a_failing_load_worker_stops_the_others() {
     );
 }
 
+/// Chunk reads of `big.t` the master has started so far (its general log:
+/// each job is one execution of the workers' prepared `SELECT`).
+async fn chunk_reads(m: &MariaDb) -> u64 {
+    scalar(
+        m,
+        "SELECT COUNT(*) FROM mysql.general_log WHERE command_type = 'Execute' \
+         AND argument LIKE 'SELECT `id`, `k`, `c` FROM `big`.`t` WHERE `id` BETWEEN %'",
+    )
+    .await
+    .parse()
+    .unwrap()
+}
+
+/// The master's sessions reading a chunk of `big.t` right now.
+async fn readers(c: &mut mysql_async::Conn) -> Vec<String> {
+    query(
+        c,
+        "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE INFO LIKE 'SELECT `id`, `k`, `c` FROM `big`.`t` WHERE `id` BETWEEN %' AND ID <> CONNECTION_ID()",
+    )
+    .await
+    .iter()
+    .map(|r| text(&r[0]))
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_extract_worker_stops_the_others() {
     let m = big_master().await;
+    exec(
+        &m,
+        "SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1",
+    )
+    .await;
     let (_dir, stage) = local_stage();
     let args = |id: &str| {
         vec![
@@ -72,11 +103,11 @@ async fn a_failing_extract_worker_stops_the_others() {
             "50000".into(),
         ]
     };
-    // How long the whole copy takes here.
-    let t0 = Instant::now();
+    // How many chunk reads a whole extract makes.
     let a = args("full");
     replseed_ok(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await;
-    let full = t0.elapsed();
+    let jobs = chunk_reads(&m).await;
+    assert!(jobs >= 20, "a whole extract read {jobs} chunks");
 
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replseed"))
         .args(args("cut"))
@@ -84,39 +115,40 @@ async fn a_failing_extract_worker_stops_the_others() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill one worker's connection as soon as it is reading the table.
+    // Wait until both workers are reading at once, so that there is another
+    // worker to stop; then kill one worker's query.
     let mut c = m.conn().await.unwrap();
+    let t0 = Instant::now();
     let victim = loop {
-        let r = query(
-            &mut c,
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT %FROM `big`.`t`%' AND ID <> CONNECTION_ID() LIMIT 1",
-        )
-        .await;
-        if let Some(row) = r.first() {
-            break text(&row[0]);
+        let r = readers(&mut c).await;
+        if r.len() >= 2 {
+            break r[0].clone();
         }
         assert!(
-            t0.elapsed() < full * 4 + Duration::from_secs(60),
-            "no worker seen"
+            t0.elapsed() < Duration::from_secs(120),
+            "never saw the two workers read at once (last: {r:?})"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let killed = Instant::now();
     // KILL QUERY: a failure the extract does not retry (a cut connection
     // would start the cut again, see faults.rs).
     query(&mut c, &format!("KILL QUERY {victim}")).await;
+    let at_kill = chunk_reads(&m).await - jobs;
     let out = child.wait_with_output().await.unwrap();
-    let after_kill = killed.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("big.t"), "the table is named: {stderr}");
+    // The other worker started at most the one chunk it may have been
+    // between when the first failed; left running it would read the rest.
+    let in_all = chunk_reads(&m).await - jobs;
     assert!(
-        after_kill < full / 2,
-        "the extract went on for {after_kill:?} after a worker failed (a whole extract takes {full:?})"
+        in_all <= at_kill + 1,
+        "{} chunk reads started after a worker failed ({at_kill} before; a whole extract reads {jobs})",
+        in_all - at_kill
     );
-    let list = replseed_ok(&["snapshots", "list", "--stage", &stage, "--json"], &[]).await;
-    assert!(
-        !list.to_string().contains("\"cut\""),
-        "nothing published: {list}"
+    assert_eq!(
+        snapshot_ids(&stage, &[]).await,
+        ["full"],
+        "nothing published"
     );
 }

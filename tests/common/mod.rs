@@ -25,7 +25,9 @@ pub async fn replseed(args: &[&str], env: &[(String, String)]) -> Output {
     cmd.output().await.expect("run replseed")
 }
 
-/// Runs replseed and asserts success; returns the parsed `--json` line if any.
+/// Runs replseed and asserts success. With `--json` among the arguments it
+/// returns the JSON line (see [`json_line`]: the test fails without one);
+/// otherwise `Null`.
 pub async fn replseed_ok(args: &[&str], env: &[(String, String)]) -> serde_json::Value {
     let out = replseed(args, env).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -34,12 +36,39 @@ pub async fn replseed_ok(args: &[&str], env: &[(String, String)]) -> serde_json:
         "replseed {args:?} failed ({:?}):\n{stderr}",
         out.status
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null)
+    if args.contains(&"--json") {
+        json_line(args, &out.stdout)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// The JSON object a `--json` run printed as its last line of stdout; the
+/// test fails, showing stdout, when there is none or it does not parse.
+pub fn json_line(args: &[&str], stdout: &[u8]) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(stdout);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    match last.map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(v)) if v.is_object() => v,
+        _ => panic!("replseed {args:?} printed no JSON object as its last line; stdout:\n{stdout}"),
+    }
+}
+
+/// The ids `snapshots list --json` lists in `stage` (the test fails if it
+/// prints no list).
+pub async fn snapshot_ids(stage: &str, env: &[(String, String)]) -> Vec<String> {
+    let args = ["snapshots", "list", "--stage", stage, "--json"];
+    let list = replseed_ok(&args, env).await;
+    let Some(snapshots) = list["snapshots"].as_array() else {
+        panic!("replseed {args:?}: no `snapshots` list in {list}");
+    };
+    snapshots
+        .iter()
+        .map(|s| match s["id"].as_str() {
+            Some(id) => id.to_string(),
+            None => panic!("replseed {args:?}: a snapshot without an id in {list}"),
+        })
+        .collect()
 }
 
 /// Runs replseed, asserts failure with `code`, returns stderr.
