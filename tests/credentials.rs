@@ -129,14 +129,16 @@ async fn a_password_in_a_url_is_not_in_the_command_line_of_a_running_replseed() 
     exec(
         &m,
         &format!(
-            "CREATE USER 'arch'@'%' IDENTIFIED BY '{pw}'; \
+            "CREATE DATABASE a; CREATE TABLE a.t (id INT PRIMARY KEY); CREATE USER 'arch'@'%' IDENTIFIED BY '{pw}'; \
              GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'arch'@'%';"
         ),
     )
     .await;
     let (_s, stage) = local_stage();
+    // The archive starts where the oldest snapshot does.
+    extract_ok(&m.url(), &stage, "s1", &[]).await;
     let src = format!("mysql://arch:{pw}@127.0.0.1:{}", m.port);
-    let child = spawn_replseed(&["archive", "--source", &src, "--stage", &stage], &[]);
+    let mut child = spawn_replseed(&["archive", "--source", &src, "--stage", &stage], &[]);
     let pid = child.id().unwrap();
     // Following the master: its dump thread for `arch` is there.
     let start = std::time::Instant::now();
@@ -147,6 +149,10 @@ async fn a_password_in_a_url_is_not_in_the_command_line_of_a_running_replseed() 
     .await
         != "1"
     {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().await.unwrap();
+            panic!("archive exited: {}", String::from_utf8_lossy(&out.stderr));
+        }
         assert!(start.elapsed().as_secs() < 60, "the archiver never connected");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

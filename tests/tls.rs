@@ -289,7 +289,7 @@ async fn passwords_come_from_files_and_the_environment_and_never_show() {
     exec(
         &t,
         &format!(
-            "CREATE USER 'tuser'@'%' IDENTIFIED BY '{secret}-t'; GRANT ALL ON *.* TO 'tuser'@'%';"
+            "CREATE USER 'tuser'@'%' IDENTIFIED BY '{secret}-t'; GRANT ALL ON *.* TO 'tuser'@'%' WITH GRANT OPTION;"
         ),
     )
     .await;
