@@ -14,6 +14,7 @@ const PASSWORD_FLAGS: [&str; 1] = ["--replication-password"];
 /// The byte ranges of `arg` that are passwords: the password of every URL
 /// in it (`scheme://user:password@`; a list of URLs separated by commas
 /// holds several), or all of it after a password flag.
+#[allow(clippy::single_range_in_vec_init)] // one range, or one per URL
 pub fn password_ranges(arg: &[u8], after_password_flag: bool) -> Vec<std::ops::Range<usize>> {
     if after_password_flag {
         return vec![0..arg.len()];
