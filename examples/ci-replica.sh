@@ -2,7 +2,8 @@
 # A CI job step: a throwaway replica of production data from the latest
 # staged snapshot, for integration tests, then torn down.
 #
-#   REPLSEED_SOURCE=mysql://replseed:PW@db1:3306 REPLSEED_STAGE=s3://snapshots/db1 \
+#   REPLSEED_SOURCE=mysql://replseed@db1:3306 REPLSEED_SOURCE_PASSWORD=PW \
+#   REPLSEED_REPLICATION_PASSWORD=RPW REPLSEED_STAGE=s3://snapshots/db1 \
 #     examples/ci-replica.sh -- ./run-my-tests.sh
 #
 # The replica runs on this CI machine (a replseed-sandbox MariaDB on

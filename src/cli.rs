@@ -28,31 +28,6 @@ pub struct Cli {
     #[arg(long, global = true, env = "REPLSEED_NO_PROGRESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_progress: bool,
 
-    /// Option file to read `user` and `password` from (its [client] and
-    /// [replseed] groups), for servers whose URL has no password.
-    #[arg(long, global = true, env = "REPLSEED_DEFAULTS_FILE")]
-    pub defaults_file: Option<std::path::PathBuf>,
-
-    /// File holding the --source password (first line). Also:
-    /// REPLSEED_SOURCE_PASSWORD.
-    #[arg(long, global = true, env = "REPLSEED_SOURCE_PASSWORD_FILE")]
-    pub source_password_file: Option<std::path::PathBuf>,
-
-    /// File holding the --target password. Also: REPLSEED_TARGET_PASSWORD.
-    #[arg(long, global = true, env = "REPLSEED_TARGET_PASSWORD_FILE")]
-    pub target_password_file: Option<std::path::PathBuf>,
-
-    /// File holding the replication user's password. Also:
-    /// REPLSEED_REPLICATION_PASSWORD.
-    #[arg(long, global = true, env = "REPLSEED_REPLICATION_PASSWORD_FILE")]
-    pub replication_password_file: Option<std::path::PathBuf>,
-
-    /// File holding the stage key (also: REPLSEED_STAGE_KEY): extract signs
-    /// the snapshots it publishes, and load, catchup and provision accept
-    /// signed snapshots only.
-    #[arg(long, global = true, env = "REPLSEED_STAGE_KEY_FILE")]
-    pub stage_key_file: Option<std::path::PathBuf>,
-
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,10 +67,138 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
+/// `--defaults-file`, for commands that talk to servers.
+#[derive(Debug, Args)]
+pub struct DefaultsFileArg {
+    /// Option file with a group per server role, `[replseed-source]`,
+    /// `[replseed-target]`, `[replseed-replication]`, `[replseed-replica]`
+    /// (`user`, `password`), and `[client]`/`[replseed]` (`user` only), for
+    /// servers whose URL has no user or password.
+    #[arg(long, env = "REPLSEED_DEFAULTS_FILE")]
+    pub defaults_file: Option<std::path::PathBuf>,
+}
+
+/// `--source-password-file`, for commands that talk to the master.
+#[derive(Debug, Args)]
+pub struct SourcePasswordArg {
+    /// File holding the --source password (first line). Also:
+    /// REPLSEED_SOURCE_PASSWORD.
+    #[arg(long, env = "REPLSEED_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<std::path::PathBuf>,
+}
+
+/// `--target-password-file`, for commands that talk to targets.
+#[derive(Debug, Args)]
+pub struct TargetPasswordArg {
+    /// File holding the --target password. Also: REPLSEED_TARGET_PASSWORD.
+    #[arg(long, env = "REPLSEED_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<std::path::PathBuf>,
+}
+
+/// `--replication-password-file`, for commands that set up replication.
+#[derive(Debug, Args)]
+pub struct ReplicationPasswordArg {
+    /// File holding the replication user's password. Also:
+    /// REPLSEED_REPLICATION_PASSWORD.
+    #[arg(long, env = "REPLSEED_REPLICATION_PASSWORD_FILE")]
+    pub replication_password_file: Option<std::path::PathBuf>,
+}
+
+/// The credential flags of the command being run (`None` where the
+/// command has no such flag), for `commands::credentials`.
+#[derive(Debug, Default, Clone)]
+pub struct CredentialFlags {
+    pub defaults_file: Option<std::path::PathBuf>,
+    pub source_password_file: Option<std::path::PathBuf>,
+    pub target_password_file: Option<std::path::PathBuf>,
+    pub replication_password_file: Option<std::path::PathBuf>,
+    pub stage_key_file: Option<std::path::PathBuf>,
+}
+
+impl Command {
+    /// The credential flags this command was given.
+    pub fn credential_flags(&self) -> CredentialFlags {
+        let d = |d: &DefaultsFileArg| d.defaults_file.clone();
+        let s = |s: &SourcePasswordArg| s.source_password_file.clone();
+        let t = |t: &TargetPasswordArg| t.target_password_file.clone();
+        let r = |r: &ReplicationPasswordArg| r.replication_password_file.clone();
+        let k = |k: &StageArg| k.stage_key_file.clone();
+        match self {
+            Command::Extract(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                source_password_file: s(&a.source_password),
+                stage_key_file: k(&a.stage),
+                ..Default::default()
+            },
+            Command::Snapshots { command } => CredentialFlags {
+                stage_key_file: k(command.stage()),
+                ..Default::default()
+            },
+            Command::Load(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                target_password_file: t(&a.target_password),
+                stage_key_file: k(&a.stage),
+                ..Default::default()
+            },
+            Command::Catchup(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                source_password_file: s(&a.source_password),
+                target_password_file: t(&a.target_password),
+                replication_password_file: r(&a.replication.password_file),
+                stage_key_file: k(&a.stage),
+            },
+            Command::Provision(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                source_password_file: s(&a.source_password),
+                target_password_file: t(&a.target_password),
+                replication_password_file: r(&a.replication.password_file),
+                stage_key_file: k(&a.stage),
+            },
+            Command::Verify(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                source_password_file: s(&a.source_password),
+                target_password_file: t(&a.target_password),
+                ..Default::default()
+            },
+            Command::Archive(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                source_password_file: s(&a.source_password),
+                stage_key_file: k(&a.stage),
+                ..Default::default()
+            },
+            Command::Serve(a) => CredentialFlags {
+                defaults_file: d(&a.defaults),
+                replication_password_file: r(&a.replication_password),
+                stage_key_file: k(&a.stage),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl SnapshotsCommand {
+    /// The stage flags of a `snapshots` subcommand.
+    pub fn stage(&self) -> &StageArg {
+        match self {
+            SnapshotsCommand::List { stage, .. }
+            | SnapshotsCommand::Show { stage, .. }
+            | SnapshotsCommand::Verify { stage, .. }
+            | SnapshotsCommand::Delete { stage, .. }
+            | SnapshotsCommand::Prune { stage, .. } => stage,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub stage: StageArg,
+
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
+
+    #[command(flatten)]
+    pub replication_password: ReplicationPasswordArg,
 
     /// Address to listen on.
     #[arg(long, env = "REPLSEED_LISTEN", default_value = "127.0.0.1:3307")]
@@ -151,7 +254,13 @@ pub struct ArchiveArgs {
     pub source: String,
 
     #[command(flatten)]
+    pub source_password: SourcePasswordArg,
+
+    #[command(flatten)]
     pub stage: StageArg,
+
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
 
     /// Stop once the master's binlog position at the start is archived (for
     /// cron); without it, follow the master until stopped (for systemd).
@@ -186,6 +295,12 @@ pub struct StageArg {
     /// AWS_REGION, AWS_ALLOW_HTTP).
     #[arg(long, env = "REPLSEED_STAGE")]
     pub stage: String,
+
+    /// File holding the stage key (also: REPLSEED_STAGE_KEY): extract signs
+    /// the snapshots it publishes, and load, catchup and provision accept
+    /// signed snapshots only.
+    #[arg(long, env = "REPLSEED_STAGE_KEY_FILE")]
+    pub stage_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -241,7 +356,13 @@ pub struct ExtractArgs {
     pub source: String,
 
     #[command(flatten)]
+    pub source_password: SourcePasswordArg,
+
+    #[command(flatten)]
     pub stage: StageArg,
+
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
 
     /// Snapshot id (default: the UTC time, e.g. 20261124T210915Z).
     #[arg(long, env = "REPLSEED_SNAPSHOT")]
@@ -348,6 +469,9 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub stage: StageArg,
 
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
+
     /// Snapshot id, or `latest`.
     #[arg(long, env = "REPLSEED_SNAPSHOT", default_value = "latest")]
     pub snapshot: String,
@@ -355,6 +479,9 @@ pub struct LoadArgs {
     /// The server to load: mysql://user:password@host:port
     #[arg(long, env = "REPLSEED_TARGET")]
     pub target: String,
+
+    #[command(flatten)]
+    pub target_password: TargetPasswordArg,
 
     #[command(flatten)]
     pub opts: LoadOpts,
@@ -371,10 +498,14 @@ pub struct ReplicationOpts {
     pub replication_user: Option<String>,
 
     /// Password of the replication user (prefer REPLSEED_REPLICATION_PASSWORD
-    /// or --replication-password-file: `ps` shows command lines; default:
-    /// the --source password).
+    /// or --replication-password-file: `ps` shows command lines until
+    /// replseed masks them). Required when the --source has a password: the
+    /// replica keeps it in master.info.
     #[arg(long)]
     pub replication_password: Option<String>,
+
+    #[command(flatten)]
+    pub password_file: ReplicationPasswordArg,
 
     /// Master host as the replica reaches it (default: the --source host).
     #[arg(long, env = "REPLSEED_MASTER_HOST")]
@@ -419,6 +550,9 @@ pub struct CatchupArgs {
     #[command(flatten)]
     pub stage: StageArg,
 
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
+
     /// Snapshot id, or `latest` (the one loaded into the target).
     #[arg(long, env = "REPLSEED_SNAPSHOT", default_value = "latest")]
     pub snapshot: String,
@@ -427,9 +561,15 @@ pub struct CatchupArgs {
     #[arg(long, env = "REPLSEED_SOURCE")]
     pub source: String,
 
+    #[command(flatten)]
+    pub source_password: SourcePasswordArg,
+
     /// The loaded replica: mysql://user:password@host:port
     #[arg(long, env = "REPLSEED_TARGET")]
     pub target: String,
+
+    #[command(flatten)]
+    pub target_password: TargetPasswordArg,
 
     #[command(flatten)]
     pub replication: ReplicationOpts,
@@ -445,6 +585,9 @@ pub struct ProvisionArgs {
     #[arg(long, env = "REPLSEED_SOURCE")]
     pub source: String,
 
+    #[command(flatten)]
+    pub source_password: SourcePasswordArg,
+
     /// Servers to turn into replicas (repeat the flag, or comma-separate in REPLSEED_TARGET).
     #[arg(
         long = "target",
@@ -455,7 +598,13 @@ pub struct ProvisionArgs {
     pub targets: Vec<String>,
 
     #[command(flatten)]
+    pub target_password: TargetPasswordArg,
+
+    #[command(flatten)]
     pub stage: StageArg,
+
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
 
     /// Reuse this published snapshot (or `latest`) instead of extracting a new one.
     #[arg(long, env = "REPLSEED_SNAPSHOT")]
@@ -485,9 +634,18 @@ pub struct VerifyArgs {
     #[arg(long, env = "REPLSEED_SOURCE")]
     pub source: String,
 
+    #[command(flatten)]
+    pub source_password: SourcePasswordArg,
+
     /// The replica: mysql://user:password@host:port
     #[arg(long, env = "REPLSEED_TARGET")]
     pub target: String,
+
+    #[command(flatten)]
+    pub target_password: TargetPasswordArg,
+
+    #[command(flatten)]
+    pub defaults: DefaultsFileArg,
 
     /// Databases to compare, comma-separated (default: all but the system ones on the master).
     #[arg(long, env = "REPLSEED_DATABASES", value_delimiter = ',')]

@@ -7,6 +7,7 @@
 //! * 3: the master no longer has the binlogs the snapshot needs (take a new snapshot)
 //! * 4: `verify` found differences, or `snapshots verify` found bad chunks
 
+mod argv;
 mod cli;
 mod commands;
 mod progress;
@@ -55,12 +56,20 @@ fn bound_memory() {
 
 fn main() -> ExitCode {
     bound_memory();
-    let matches = cli::hide_env_values(Cli::command()).get_matches();
+    let (args, masked) = argv::take_and_mask();
+    let matches = cli::hide_env_values(Cli::command()).get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
     init_logging(&cli);
+    if masked {
+        tracing::warn!(
+            "a password was given on the command line: replseed has masked it, but until then every user of this host \
+             could read it (ps, /proc/<pid>/cmdline); give passwords in files (--source-password-file, ...), \
+             REPLSEED_<ROLE>_PASSWORD or the option file's [replseed-<role>] groups"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@ mod archive;
 mod archive_stage;
 mod common;
 mod consistency;
+mod credentials;
 mod encode;
 mod errors;
 mod examples;

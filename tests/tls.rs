@@ -266,34 +266,90 @@ async fn passwords_come_from_files_and_the_environment_and_never_show() {
     for o in [&out.stdout, &out.stderr] {
         assert!(!String::from_utf8_lossy(o).contains(secret));
     }
-    // From an option file ([replseed] wins over [client]).
+    // From an option file: the source's own group, not [client] or
+    // [replseed] (those would reach every server); a wrong password there
+    // fails, so the group's password is the one that reached the master.
     let cnf = dir.path().join("my.cnf");
     std::fs::write(
         &cnf,
-        format!("[client]\npassword=wrong\n[replseed]\npassword=\"{secret}\"\n"),
+        "[client]\npassword=wrong\n[replseed-source]\npassword=\"Not-It-Pw8\"\n",
     )
     .unwrap();
-    extract_ok(
-        &bare,
-        &stage,
-        "e2",
-        &["--defaults-file", cnf.to_str().unwrap()],
+    let cnf_flag = ["--defaults-file", cnf.to_str().unwrap()];
+    let err = extract_fails(&bare, &stage, &cnf_flag).await;
+    assert!(err.contains("1045"), "{err}");
+    std::fs::write(
+        &cnf,
+        format!("[client]\npassword=wrong\n[replseed]\npassword=wrong\n[replseed-source]\npassword=\"{secret}\"\n"),
+    )
+    .unwrap();
+    extract_ok(&bare, &stage, "e2", &cnf_flag).await;
+    // The source's group is not the target's: a target whose account wants
+    // that password is refused it.
+    exec(
+        &t,
+        &format!(
+            "CREATE USER 'tuser'@'%' IDENTIFIED BY '{secret}-t'; GRANT ALL ON *.* TO 'tuser'@'%' WITH GRANT OPTION;"
+        ),
     )
     .await;
-    // From a password file.
+    let tbare = format!("mysql://tuser@127.0.0.1:{}", t.port);
+    std::fs::write(
+        &cnf,
+        format!("[replseed-source]\npassword=\"{secret}-t\"\n"),
+    )
+    .unwrap();
+    let err = load_fails(&stage, "e2", &tbare, &cnf_flag).await;
+    assert!(err.contains("1045") && err.contains("target"), "{err}");
+    // From a password file: a wrong one fails, the right one works.
     let pwf = dir.path().join("pw");
+    std::fs::write(&pwf, "Not-It-Pw8\n").unwrap();
+    let pwf_flag = ["--source-password-file", pwf.to_str().unwrap()];
+    let err = extract_fails(&bare, &stage, &pwf_flag).await;
+    assert!(err.contains("1045"), "{err}");
     std::fs::write(&pwf, format!("{secret}\n")).unwrap();
-    extract_ok(
-        &bare,
-        &stage,
-        "e3",
-        &["--source-password-file", pwf.to_str().unwrap()],
-    )
+    extract_ok(&bare, &stage, "e3", &pwf_flag).await;
+    // A target password from the environment reaches the target; the
+    // source's variable does not.
+    let load = |env: Vec<(String, String)>| {
+        let (stage, tbare) = (stage.clone(), tbare.clone());
+        async move {
+            replseed(
+                &[
+                    "load",
+                    "--stage",
+                    &stage,
+                    "--snapshot",
+                    "e3",
+                    "--target",
+                    &tbare,
+                ],
+                &env,
+            )
+            .await
+        }
+    };
+    let out = load(vec![(
+        "REPLSEED_SOURCE_PASSWORD".to_string(),
+        format!("{secret}-t"),
+    )])
     .await;
-    // A target password from the environment, too.
-    let env_t = vec![("REPLSEED_TARGET_PASSWORD".to_string(), String::new())];
-    load_ok(&stage, "e3", &t.url(), &[]).await;
-    let _ = env_t;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("1045"),
+        "{err}"
+    );
+    let out = load(vec![(
+        "REPLSEED_TARGET_PASSWORD".to_string(),
+        format!("{secret}-t"),
+    )])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_identical(&m, &t, &["p"]).await;
 
     // A wrong password in the URL is not repeated in the error.
     let wrong = format!("mysql://pwuser:Wr0ng-Pw7@127.0.0.1:{}", m.port);
@@ -475,16 +531,23 @@ async fn a_keyed_load_refuses_a_tampered_manifest_a_swapped_chunk_and_unsigned_s
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("s2/data/k/a/"), "the chunk is named: {err}");
-    // An unsigned snapshot, and a snapshot signed with another key.
-    let out = load("plain", &t, &key).await;
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not signed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // An unsigned snapshot, and a snapshot signed with another key, each
+    // into a target nothing was loaded into.
+    let t3 = replica(4).await;
+    let out = load("plain", &t3, &key).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not signed"), "{err}");
+    untouched(&t3).await;
     extract("s3", key.clone()).await;
-    let out = load("s3", &t, &other).await;
-    assert_eq!(out.status.code(), Some(1));
+    let out = load("s3", &t3, &other).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("s3/manifest.json") && err.contains("signature does not match"),
+        "{err}"
+    );
+    untouched(&t3).await;
     // The right key loads.
     let t2 = replica(3).await;
     let out = load("s3", &t2, &key).await;

@@ -28,7 +28,7 @@ mod server;
 pub mod throttle;
 pub mod tls;
 
-pub use error::{describe, mask_passwords, DbError};
+pub use error::{describe, mask_passwords, mask_server_message, DbError};
 pub use query::{exec, first, qualified, quote_ident, quote_str, rows, text};
 pub use server::Server;
 

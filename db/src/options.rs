@@ -1,14 +1,18 @@
-//! Option files, as every MariaDB tool reads them (`--defaults-file`): the
-//! `[client]` and `[replseed]` groups, `key = value` lines, `#` and `;`
-//! comments, quoted values. replseed takes `user` and `password` from them.
+//! Option files, as every MariaDB tool reads them (`--defaults-file`):
+//! `[group]` headers, `key = value` lines, `#` and `;` comments, quoted
+//! values. replseed reads the generic groups `[client]` and `[replseed]`
+//! and one group per server role, `[replseed-<role>]` (`[replseed-source]`,
+//! `[replseed-target]`, ...); which settings it takes from which group is
+//! the caller's rule (see `src/commands/credentials.rs`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The settings of the `[client]` group, overridden by `[replseed]`.
+/// The groups of an option file that concern replseed.
 #[derive(Debug, Clone, Default)]
 pub struct OptionFile {
-    values: HashMap<String, String>,
+    /// `client`, `replseed` and `replseed-*` groups: key to value.
+    groups: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl OptionFile {
@@ -21,8 +25,7 @@ impl OptionFile {
 
     /// Parses option-file text.
     pub fn parse(text: &str) -> Result<OptionFile, String> {
-        let mut client = HashMap::new();
-        let mut ours = HashMap::new();
+        let mut groups: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let mut group = String::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -37,29 +40,39 @@ impl OptionFile {
                     .to_ascii_lowercase();
                 continue;
             }
+            if !(group == "client" || group == "replseed" || group.starts_with("replseed-")) {
+                continue;
+            }
             let (k, v) = match line.split_once('=') {
                 Some((k, v)) => (k.trim(), v.trim()),
                 None => (line, ""),
             };
-            let v = unquote(v);
             let k = k.replace('_', "-").to_ascii_lowercase();
-            match group.as_str() {
-                "client" => {
-                    client.insert(k, v);
-                }
-                "replseed" => {
-                    ours.insert(k, v);
-                }
-                _ => {}
-            }
+            groups
+                .entry(group.clone())
+                .or_default()
+                .insert(k, unquote(v));
         }
-        client.extend(ours);
-        Ok(OptionFile { values: client })
+        Ok(OptionFile { groups })
     }
 
-    /// A setting (`password`, `user`, ...).
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
+    /// A setting of the generic groups: `[replseed]` over `[client]`.
+    pub fn generic(&self, key: &str) -> Option<&str> {
+        ["replseed", "client"]
+            .iter()
+            .find_map(|g| self.group(g, key))
+    }
+
+    /// A setting of one group (`replseed-source`, ...).
+    pub fn group(&self, group: &str, key: &str) -> Option<&str> {
+        self.groups.get(group)?.get(key).map(String::as_str)
+    }
+
+    /// The roles the file has a `[replseed-<role>]` group for.
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        self.groups
+            .keys()
+            .filter_map(|g| g.strip_prefix("replseed-"))
     }
 }
 
@@ -80,13 +93,18 @@ mod tests {
     #[test]
     fn groups_and_quotes() {
         let f = OptionFile::parse(
-            "# c\n[mysqld]\npassword=no\n[client]\nuser = app\npassword = \"s3 #cr3t\"\n[replseed]\npassword='ours'\n",
+            "# c\n[mysqld]\npassword=no\n[client]\nuser = app\npassword = \"s3 #cr3t\"\n[replseed]\npassword='ours'\n\
+             [Replseed-Source]\npassword=src\n[replseed-target]\nuser=loader\n",
         )
         .unwrap();
-        assert_eq!(f.get("user"), Some("app"));
-        assert_eq!(f.get("password"), Some("ours"));
+        assert_eq!(f.generic("user"), Some("app"));
+        assert_eq!(f.generic("password"), Some("ours"));
+        assert_eq!(f.group("replseed-source", "password"), Some("src"));
+        assert_eq!(f.group("replseed-target", "user"), Some("loader"));
+        assert_eq!(f.group("replseed-target", "password"), None);
+        assert_eq!(f.roles().collect::<Vec<_>>(), ["source", "target"]);
         let f = OptionFile::parse("[client]\npassword = plain # comment\n").unwrap();
-        assert_eq!(f.get("password"), Some("plain"));
+        assert_eq!(f.generic("password"), Some("plain"));
         assert!(OptionFile::parse("[client\n").is_err());
     }
 }

@@ -64,7 +64,7 @@ pub async fn shutdown_signal() {
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let bars = !cli.no_progress;
-    credentials::init(&cli)?;
+    credentials::init(&cli.command.credential_flags())?;
     match cli.command {
         Command::Extract(a) => {
             let plan = extract_plan(

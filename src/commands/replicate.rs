@@ -16,33 +16,41 @@ use super::{extract_json, print_json, shutdown_signal, Failure};
 use crate::cli::{CatchupArgs, ProvisionArgs, ReplicationOpts, VerifyArgs};
 use crate::progress;
 
+/// The replication user and password of `r` for replicas of `source`
+/// (see [`super::credentials::replication_login`]).
+fn replication_login(
+    source: &Server,
+    r: &ReplicationOpts,
+) -> Result<(String, secrecy::SecretString)> {
+    let login = super::credentials::replication_login(
+        r.replication_user.as_deref(),
+        r.replication_password.as_deref(),
+        source,
+    )?;
+    if login.0 == source.user() {
+        tracing::warn!(
+            "the replica will connect to the master as `{}`, the --source user; \
+             give replication a user of its own with only REPLICATION SLAVE (--replication-user)",
+            login.0
+        );
+    }
+    Ok(login)
+}
+
 fn catchup_plan(
     source: &Server,
     target: &str,
     manifest: Arc<Manifest>,
     r: &ReplicationOpts,
+    login: &(String, secrecy::SecretString),
     stage: &str,
 ) -> Result<CatchupPlan> {
-    if r.replication_user.is_none() {
-        tracing::warn!(
-            "the replica will connect to the master as `{}`, the --source user, and keep its password in master.info; \
-             give replication a user of its own with only REPLICATION SLAVE (--replication-user, REPLSEED_REPLICATION_PASSWORD)",
-            source.user()
-        );
-    }
     Ok(CatchupPlan {
         source: source.clone(),
         target: super::credentials::server("target", target)?,
         manifest,
-        replication_user: r.replication_user.clone().unwrap_or_else(|| source.user()),
-        replication_password: match (
-            &r.replication_password,
-            super::credentials::password("replication")?,
-        ) {
-            (Some(p), _) => secrecy::SecretString::from(p.clone()),
-            (None, Some(p)) => p,
-            (None, None) => source.password(),
-        },
+        replication_user: login.0.clone(),
+        replication_password: login.1.clone(),
         master_host: r.master_host.clone().unwrap_or_else(|| source.host()),
         master_port: r.master_port.unwrap_or_else(|| source.port()),
         master_tls: replseed_catchup::MasterTls::of(
@@ -104,7 +112,15 @@ pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
     let stage = super::credentials::stage(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
     let source = super::credentials::server("source", &a.source)?;
-    let plan = catchup_plan(&source, &a.target, manifest, &a.replication, &a.stage.stage)?;
+    let login = replication_login(&source, &a.replication)?;
+    let plan = catchup_plan(
+        &source,
+        &a.target,
+        manifest,
+        &a.replication,
+        &login,
+        &a.stage.stage,
+    )?;
     let r = catchup_one(plan, bars).await?;
     if a.json {
         print_json(serde_json::to_value(&r)?);
@@ -114,6 +130,8 @@ pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
 
 pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
     let source = super::credentials::server("source", &a.source)?;
+    // Before anything is extracted or loaded.
+    let login = replication_login(&source, &a.replication)?;
     let mut targets = Vec::new();
     for t in &a.targets {
         let s = super::credentials::server("target", t)?;
@@ -140,7 +158,14 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                     m.clone(),
                     &a.opts,
                 )?;
-                let cplan = catchup_plan(&source, t, m.clone(), &a.replication, &a.stage.stage)?;
+                let cplan = catchup_plan(
+                    &source,
+                    t,
+                    m.clone(),
+                    &a.replication,
+                    &login,
+                    &a.stage.stage,
+                )?;
                 tasks.push(tokio::spawn(async move {
                     let l = super::load::load(lplan, bars && !many).await?;
                     let c = catchup_one(cplan, bars && !many).await?;
@@ -201,8 +226,14 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                         skeleton.clone(),
                         &a.opts,
                     )?;
-                    let cplan =
-                        catchup_plan(&source, t, skeleton.clone(), &a.replication, &a.stage.stage)?;
+                    let cplan = catchup_plan(
+                        &source,
+                        t,
+                        skeleton.clone(),
+                        &a.replication,
+                        &login,
+                        &a.stage.stage,
+                    )?;
                     let extracted = extracted_rx.clone();
                     tasks.push(tokio::spawn(async move {
                         let again = lplan.clone();
