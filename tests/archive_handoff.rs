@@ -278,3 +278,79 @@ async fn a_purge_on_the_master_during_a_long_archive_replay_is_recovered() {
     .await;
     assert_identical(&m, &t2, &["a"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_published_at_the_head_that_breaks_the_chain_is_refused_not_streamed() {
+    let (dir, stage) = local_stage();
+    let m = master().await;
+    exec(
+        &m,
+        "CREATE DATABASE a; USE a; CREATE TABLE a.t (id INT PRIMARY KEY, v VARCHAR(40)); \
+         INSERT INTO a.t SELECT seq, 'before' FROM seq_1_to_100;",
+    )
+    .await;
+    let snapshot = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    extract_ok(&m.url(), &stage, "s1", &["--no-accounts"]).await;
+    exec(&m, "INSERT INTO a.t VALUES (1001, 'archived')").await;
+    let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    archive_now(&m, &stage).await;
+    let (_serve, port) = serve_on_a_free_port(&stage).await;
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    replicate_from(&t, port, "repl", "s3cret", &snapshot, &goal).await;
+
+    // A copy of the stage gets two more segments; only the second reaches
+    // the stage the replica waits at the head of: a gap.
+    let side = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", dir.path().display()))
+        .arg(side.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let side_stage = file_stage(side.path());
+    exec(
+        &m,
+        "INSERT INTO a.t VALUES (1002, 'in the missing segment')",
+    )
+    .await;
+    archive_now(&m, &side_stage).await;
+    exec(&m, "INSERT INTO a.t VALUES (1003, 'after the gap')").await;
+    archive_now(&m, &side_stage).await;
+    let seq = archive_segments(side.path()).last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let segments = |root: &std::path::Path| root.join(".binlog/segments");
+    for name in [format!("{seq:012}.bin.zst"), format!("{seq:012}.json")] {
+        std::fs::copy(
+            segments(side.path()).join(&name),
+            segments(dir.path()).join(&name),
+        )
+        .unwrap();
+    }
+    let start = Instant::now();
+    let mut c = t.conn().await.unwrap();
+    loop {
+        let st: mysql_async::Row = c.query_first("SHOW SLAVE STATUS").await.unwrap().unwrap();
+        let errno: String = st.get("Last_IO_Errno").unwrap();
+        let error: String = st.get("Last_IO_Error").unwrap();
+        if errno == "1236" {
+            assert!(
+                error.contains("chain breaks") && error.contains(&format!("segment {seq}")),
+                "{error}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the broken chain was not refused (IO error {errno}: {error})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        scalar(&t, "SELECT COUNT(*) FROM a.t WHERE id > 1001").await,
+        "0",
+        "a segment after the gap was applied"
+    );
+}
