@@ -275,7 +275,7 @@ async fn find_start(
             None => return Ok(Err(missing(segments, g))),
         }
     }
-    Ok(out).map(Ok)
+    Ok(Ok(out))
 }
 
 /// Reads the segments that have `g`'s domain, newest first, for `g`.
