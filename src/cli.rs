@@ -531,12 +531,15 @@ pub struct ReplicationOpts {
     pub master_ssl_key: Option<String>,
 
     /// Where replseed serves the stage's binlog archive to a replica whose
-    /// master purged the snapshot's binlogs (port 0: any free port).
-    #[arg(long, env = "REPLSEED_ARCHIVE_LISTEN", default_value = "127.0.0.1:0")]
-    pub archive_listen: String,
+    /// master purged the snapshot's binlogs (port 0: any free port;
+    /// default: a free port on the address the target sees replseed's
+    /// session come from).
+    #[arg(long, env = "REPLSEED_ARCHIVE_LISTEN")]
+    pub archive_listen: Option<String>,
 
     /// The host name or address a replica reaches --archive-listen at
-    /// (default: its address; set it when the replica is on another host).
+    /// (default: the listen address, or for a wildcard one the address the
+    /// target sees replseed's session come from; set it behind NAT).
     #[arg(long, env = "REPLSEED_ARCHIVE_HOST")]
     pub archive_host: Option<String>,
 

@@ -26,11 +26,51 @@ use crate::{slave_status, stalled, CatchupError, CatchupPlan, Stalled};
 pub struct ArchiveRoute {
     /// The stage whose archive is served.
     pub stage: Stage,
-    /// Where to listen (`127.0.0.1:0`: a free port on this host).
-    pub listen: String,
+    /// Where to listen (default: a free port on the address the target
+    /// reaches replseed at, see [`reached_at`]).
+    pub listen: Option<String>,
     /// The host name or address the replica connects to (default: the
-    /// listen address's host).
+    /// listen address, or when that is a wildcard the address the target
+    /// reaches replseed at).
     pub host: Option<String>,
+}
+
+/// The address the target reaches replseed at: the client host the target
+/// itself sees for replseed's session (`127.0.0.1` for a session over the
+/// Unix socket). A replica on another host dials that back.
+pub async fn reached_at(replica: &mut Conn, tgt: &Server) -> Result<String, DbError> {
+    let r = first(
+        replica,
+        tgt,
+        "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+        (),
+    )
+    .await?;
+    Ok(client_host(&r.first().map(text).unwrap_or_default()))
+}
+
+/// The host of a processlist `HOST` (`10.0.0.5:41234`, `[::1]:41234`,
+/// `name:41234`, `localhost`).
+fn client_host(h: &str) -> String {
+    let host = match h.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => h,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host == "localhost" {
+        "127.0.0.1".into()
+    } else {
+        host.into()
+    }
+}
+
+/// Where to listen by default: a free port on `seen` when it is one of
+/// this host's addresses as the target sees it, else on every address.
+fn default_listen(seen: &str) -> String {
+    match seen.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, 0).to_string(),
+        Err(_) => "0.0.0.0:0".into(),
+    }
 }
 
 /// The GTID state at the start of the master's oldest binary log.
@@ -115,6 +155,11 @@ pub async fn replay(
         .expect("a free server id");
     let password = random_password();
     let user = "replseed_catchup";
+    let seen = reached_at(replica, tgt).await?;
+    let listen = route
+        .listen
+        .clone()
+        .unwrap_or_else(|| default_listen(&seen));
     let serving: Serving = replseed_binlog::serve::start(
         ServePlan {
             stage: route.stage.clone(),
@@ -124,17 +169,20 @@ pub async fn replay(
             poll: Duration::from_secs(1),
             limits: Default::default(),
         },
-        &route.listen,
+        &listen,
     )
     .await
     .map_err(|e| CatchupError::Setup {
         server: tgt.name(),
-        detail: format!("cannot serve the binlog archive on {}: {e}", route.listen),
+        detail: format!("cannot serve the binlog archive on {listen}: {e}; set --archive-listen (and --archive-host to the address the target reaches it at)"),
     })?;
-    let host = route
-        .host
-        .clone()
-        .unwrap_or_else(|| serving.addr.ip().to_string());
+    let host = route.host.clone().unwrap_or_else(|| {
+        if serving.addr.ip().is_unspecified() {
+            seen.clone()
+        } else {
+            serving.addr.ip().to_string()
+        }
+    });
     exec(replica, tgt, "STOP SLAVE", ()).await?;
     if !resume {
         exec(replica, tgt, "RESET SLAVE ALL", ()).await?;
@@ -219,4 +267,20 @@ pub async fn replay(
     info!(target = %tgt.addr(), at = %goal, secs = format!("{:.1}", started.elapsed().as_secs_f64()), "the archive is applied: handing over to the master");
     drop(serving);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_dials_back_the_host_it_sees() {
+        assert_eq!(client_host("10.0.0.5:41234"), "10.0.0.5");
+        assert_eq!(client_host("[::1]:41234"), "::1");
+        assert_eq!(client_host("db-7.example:5000"), "db-7.example");
+        assert_eq!(client_host("localhost"), "127.0.0.1");
+        assert_eq!(default_listen("10.0.0.5"), "10.0.0.5:0");
+        assert_eq!(default_listen("::1"), "[::1]:0");
+        assert_eq!(default_listen("db-7.example"), "0.0.0.0:0");
+    }
 }

@@ -9,8 +9,12 @@
 //! 2. The target must hold a completed load of that snapshot.
 //! 3. `SET GLOBAL gtid_slave_pos`, `CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`,
 //!    `START SLAVE`. The hand-off is recorded on the target before the
-//!    replica starts, so that running catch-up again never rewinds a replica
-//!    that has moved on: it only checks and waits.
+//!    replica starts (`archive`: its position is its own), so that running
+//!    catch-up again never rewinds a replica that has moved on; `replicating`
+//!    once the master has accepted the replica's dump. When the master lacks
+//!    the replica's position (before the switch, or refusing it with 1236),
+//!    the stage's binlog archive bridges it (`archive.rs`), again and again,
+//!    or exit 3 until the archive has caught up.
 //! 4. The master's `gtid_binlog_pos` at the start is the goal; the replica
 //!    is polled (`MASTER_GTID_WAIT`, `SHOW SLAVE STATUS`) until it reaches
 //!    it. A replication error stops the wait with the replica's own message.
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
+use replseed_binlog::GtidState;
 use replseed_db::{exec, first, quote_str, text, DbError, Server};
 use replseed_stage::manifest::Manifest;
 use secrecy::ExposeSecret;
@@ -49,6 +54,17 @@ pub enum CatchupError {
         /// Snapshot GTID.
         gtid: String,
         /// What the master has.
+        detail: String,
+    },
+    /// The replica read the archive to its end, and the master no longer
+    /// has what comes after: the archive must catch up first.
+    #[error("{server}: the replica is at GTID '{at}', which the master no longer has after ({detail}); run `replseed archive` until the archive has caught up with the master, then catchup again (the replica resumes where it is)")]
+    ArchiveBehind {
+        /// Target name.
+        server: String,
+        /// The replica's gtid_slave_pos.
+        at: String,
+        /// What the master and the archive have.
         detail: String,
     },
     /// The target has not completed a load of the snapshot.
@@ -253,11 +269,7 @@ pub async fn check_binlogs(
     server: &Server,
     m: &Manifest,
 ) -> Result<(), CatchupError> {
-    let logs: Vec<Row> = conn
-        .query("SHOW BINARY LOGS")
-        .await
-        .map_err(|e| server.err("SHOW BINARY LOGS", &e))?;
-    let names: Vec<String> = logs.into_iter().map(|r| text(&r.unwrap()[0])).collect();
+    let names = binary_logs(conn, server).await?;
     let purged = |detail: String| CatchupError::BinlogPurged {
         server: server.name(),
         file: m.position.binlog_file.clone(),
@@ -268,7 +280,9 @@ pub async fn check_binlogs(
     if m.source.replica_of.is_some() {
         // Taken from a replica: its binlog file names mean nothing here;
         // the master must still have every transaction after the GTID.
-        return check_gtid_available(conn, server, m, &names, purged).await;
+        return check_gtid_available(conn, server, &m.position.gtid, &names)
+            .await?
+            .map_err(purged);
     }
     if !names.contains(&m.position.binlog_file) {
         return Err(purged(format!(
@@ -306,33 +320,52 @@ fn seq_by_domain(list: &str) -> HashMap<u32, u64> {
         .collect()
 }
 
-/// Whether the master's binary logs still start at or before the snapshot's
-/// GTID in every domain.
+/// The master's binary log files, oldest first.
+async fn binary_logs(conn: &mut Conn, server: &Server) -> Result<Vec<String>, DbError> {
+    let logs: Vec<Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| server.err("SHOW BINARY LOGS", &e))?;
+    Ok(logs.into_iter().map(|r| text(&r.unwrap()[0])).collect())
+}
+
+/// Whether the master's binary logs still start at or before `position`
+/// (a GTID state) in every domain; `Err` says what the master has.
 async fn check_gtid_available(
     conn: &mut Conn,
     server: &Server,
-    m: &Manifest,
+    position: &str,
     names: &[String],
-    purged: impl Fn(String) -> CatchupError,
-) -> Result<(), CatchupError> {
+) -> Result<Result<(), String>, DbError> {
     let Some(oldest) = names.first() else {
-        return Err(purged("it has no binary logs".into()));
+        return Ok(Err("it has no binary logs".into()));
     };
     let g = first(conn, server, "SELECT BINLOG_GTID_POS(?, 4)", (oldest,)).await?;
     let start = seq_by_domain(&g.first().map(text).unwrap_or_default());
-    let have = seq_by_domain(&m.position.gtid);
+    let have = seq_by_domain(position);
     for (domain, seq) in start {
         match have.get(&domain) {
             Some(s) if *s >= seq => {}
             got => {
-                return Err(purged(format!(
-                    "its oldest binary log {oldest} starts after GTID {domain}-*-{seq}, and the snapshot is at {} in domain {domain}",
+                return Ok(Err(format!(
+                    "its oldest binary log {oldest} starts after GTID {domain}-*-{seq}, and the replica's position is at {} in domain {domain}",
                     got.map_or("nothing".to_string(), |s| s.to_string())
                 )))
             }
         }
     }
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// Whether the master still has the binary logs from a replica's own
+/// position (`gtid_slave_pos`).
+pub async fn check_position(
+    conn: &mut Conn,
+    server: &Server,
+    position: &str,
+) -> Result<Result<(), String>, DbError> {
+    let names = binary_logs(conn, server).await?;
+    check_gtid_available(conn, server, position, &names).await
 }
 
 /// Why replication cannot go on, read from `SHOW SLAVE STATUS`.
@@ -461,65 +494,21 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         Err(e) => return Err(tgt.err("reading replseed.load_runs", &e).into()),
     };
     let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
-    // Before the hand-off: does the master still have what the replica
-    // needs, or can the stage's binlog archive bridge the gap?
-    let mut from_archive = None;
-    if matches!(status.as_deref(), Some("done") | Some("archive")) {
-        match check_binlogs(&mut master, src, m).await {
-            Ok(()) => {}
-            Err(CatchupError::BinlogPurged {
-                server,
-                file,
-                pos,
-                gtid,
-                detail,
-            }) => {
-                let why = match &plan.archive {
-                    Some(route) => {
-                        let master_from = archive::master_start(&mut master, src).await?;
-                        archive::bridge(&route.stage, m, &master_from).await?
-                    }
-                    None => Err("no binlog archive was given".to_string()),
-                };
-                match why {
-                    Ok(end) => from_archive = Some(end),
-                    Err(why) => {
-                        return Err(CatchupError::BinlogPurged {
-                            server,
-                            file,
-                            pos,
-                            gtid,
-                            detail: format!("{detail}; {why}"),
-                        })
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
     let configured = match status.as_deref() {
         Some("done") | Some("archive") => {
-            let resume = status.as_deref() == Some("archive");
-            if let (Some(end), Some(route)) = (&from_archive, &plan.archive) {
-                let ids = (
-                    text(&r[0]).parse().unwrap_or(0),
-                    master_id.parse().unwrap_or(0),
-                );
-                archive::replay(
-                    &mut replica,
-                    plan,
-                    route,
-                    end,
-                    ids,
-                    resume,
-                    filter.as_deref(),
-                )
-                .await?;
-            }
-            // After the archive (or a resumed one), the replica's position is
-            // where it is: only a fresh load starts at the snapshot's GTID.
-            let set_position = !resume && from_archive.is_none();
-            configure(&mut replica, plan, master_tls, set_position).await?;
+            let ids = (
+                text(&r[0]).parse().unwrap_or(0),
+                master_id.parse().unwrap_or(0),
+            );
+            let own = status.as_deref() == Some("archive");
+            let links = Links {
+                master: &mut master,
+                replica: &mut replica,
+                ids,
+                master_tls,
+                filter: filter.as_deref(),
+            };
+            hand_off(links, plan, own).await?;
             true
         }
         Some("replicating") => {
@@ -650,6 +639,169 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     })
 }
 
+/// The two sessions of a hand-off and what it needs to know of them.
+struct Links<'a> {
+    master: &'a mut Conn,
+    replica: &'a mut Conn,
+    /// The replica's and the master's server_id.
+    ids: (u32, u32),
+    /// Whether the master offers TLS.
+    master_tls: bool,
+    /// The replication filter of a subset replica.
+    filter: Option<&'a str>,
+}
+
+/// Hands the replica over to the master, through the stage's binlog
+/// archive for as long as the master no longer has the replica's position:
+/// before each switch to the master the master is checked to have it, and
+/// a master that purged meanwhile gets a new bridge from the archive. The
+/// run record says `replicating` only once the master has taken the
+/// replica (its dump was accepted); until then it says `archive`, so that
+/// a rerun resumes from where the replica is and looks at the archive
+/// again. `own`: the replica's position is its own (an earlier run moved
+/// it); otherwise it is the snapshot's.
+async fn hand_off(l: Links<'_>, plan: &CatchupPlan, mut own: bool) -> Result<(), CatchupError> {
+    let (src, tgt, m) = (&plan.source, &plan.target, &plan.manifest);
+    let Links {
+        master,
+        replica,
+        ids,
+        master_tls,
+        filter,
+    } = l;
+    let mut bridged: Option<GtidState> = None;
+    let mut refused_at: Option<String> = None;
+    loop {
+        let at = if own {
+            text(&first(replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0])
+        } else {
+            m.position.gtid.clone()
+        };
+        // What the master lacks of the replica's position, as the error to
+        // give when the archive cannot bridge it either.
+        let lacks = if own {
+            check_position(master, src, &at).await?.err().map(|detail| {
+                CatchupError::ArchiveBehind {
+                    server: tgt.name(),
+                    at: at.clone(),
+                    detail,
+                }
+            })
+        } else {
+            match check_binlogs(master, src, m).await {
+                Ok(()) => None,
+                Err(e @ CatchupError::BinlogPurged { .. }) => Some(e),
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(lacks) = lacks {
+            let Some(route) = &plan.archive else {
+                return Err(with_detail(lacks, "no binlog archive was given"));
+            };
+            let master_from = archive::master_start(master, src).await?;
+            let end = match archive::bridge(&route.stage, m, &master_from).await? {
+                Ok(end) if bridged.as_ref() != Some(&end) => end,
+                Ok(end) => {
+                    return Err(with_detail(
+                        lacks,
+                        &format!("the archive ends at '{end}', which the replica has applied"),
+                    ))
+                }
+                Err(why) => return Err(with_detail(lacks, &why)),
+            };
+            archive::replay(replica, plan, route, &end, ids, own, filter).await?;
+            own = true;
+            bridged = Some(end);
+            continue;
+        }
+        configure(replica, plan, master_tls, !own).await?;
+        own = true;
+        match taken(replica, tgt).await? {
+            Ok(()) => break,
+            Err(io_err) => {
+                // The master purged between the check and the switch (or
+                // has not what the check took it to have): through the
+                // archive again, unless that changed nothing.
+                if refused_at.as_deref() == Some(at.as_str()) {
+                    return Err(CatchupError::ArchiveBehind {
+                        server: tgt.name(),
+                        at,
+                        detail: format!("the master refuses it: {io_err}"),
+                    });
+                }
+                warn!(target = %tgt.addr(), "the master refused the replica at '{at}' ({io_err}); bridging from the binlog archive again");
+                refused_at = Some(at);
+            }
+        }
+    }
+    exec(
+        replica,
+        tgt,
+        "UPDATE replseed.load_runs SET status='replicating' WHERE snapshot=?",
+        (&m.snapshot,),
+    )
+    .await?;
+    info!(target = %tgt.addr(), master = %format!("{}:{}", plan.master_host, plan.master_port), "the master has taken the replica");
+    Ok(())
+}
+
+/// `e` with `why` added to what it says the master has.
+fn with_detail(e: CatchupError, why: &str) -> CatchupError {
+    match e {
+        CatchupError::BinlogPurged {
+            server,
+            file,
+            pos,
+            gtid,
+            detail,
+        } => CatchupError::BinlogPurged {
+            server,
+            file,
+            pos,
+            gtid,
+            detail: format!("{detail}; {why}"),
+        },
+        CatchupError::ArchiveBehind { server, at, detail } => CatchupError::ArchiveBehind {
+            server,
+            at,
+            detail: format!("{detail}; {why}"),
+        },
+        e => e,
+    }
+}
+
+/// Waits until the master has taken the replica just pointed at it: the
+/// IO thread runs and the master's first rotate has named a file (a master
+/// sends it only once it has found the replica's GTID position). `Err`:
+/// the master's 1236.
+async fn taken(replica: &mut Conn, tgt: &Server) -> Result<Result<(), String>, CatchupError> {
+    let mut io_down_since: Option<Instant> = None;
+    loop {
+        let st = slave_status(replica, tgt).await?;
+        let get = |k: &str| st.get(k).cloned().unwrap_or_default();
+        if get("Slave_IO_Running") == "Yes" && !get("Master_Log_File").is_empty() {
+            return Ok(Ok(()));
+        }
+        match stalled(&st, &mut io_down_since) {
+            None => {}
+            Some(Stalled::Fatal(e)) => return Ok(Err(e)),
+            Some(Stalled::Io(detail)) => {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail: format!("IO thread cannot read from the master {detail}"),
+                })
+            }
+            Some(Stalled::Sql(detail)) => {
+                return Err(CatchupError::Replication {
+                    server: tgt.name(),
+                    detail,
+                })
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn configure(
     replica: &mut Conn,
     plan: &CatchupPlan,
@@ -705,11 +857,13 @@ async fn configure(
         .await?;
         warn!(target = %tgt.addr(), "subset replica: add `{}` to the [mysqld] section of its my.cnf, or a restart forgets the filter", filters::my_cnf_line(f));
     }
-    // Recorded before START SLAVE: a re-run must not set gtid_slave_pos back.
+    // Recorded before START SLAVE: a re-run must not set gtid_slave_pos
+    // back. `archive` (the replica's position is its own) until the master
+    // has taken it.
     exec(
         replica,
         tgt,
-        "UPDATE replseed.load_runs SET status='replicating' WHERE snapshot=?",
+        "UPDATE replseed.load_runs SET status='archive' WHERE snapshot=?",
         (&m.snapshot,),
     )
     .await?;

@@ -37,8 +37,10 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code;
         }
-        if let Some(replseed_catchup::CatchupError::BinlogPurged { .. }) =
-            cause.downcast_ref::<replseed_catchup::CatchupError>()
+        if let Some(
+            replseed_catchup::CatchupError::BinlogPurged { .. }
+            | replseed_catchup::CatchupError::ArchiveBehind { .. },
+        ) = cause.downcast_ref::<replseed_catchup::CatchupError>()
         {
             return 3;
         }

@@ -224,15 +224,25 @@ impl Stage {
 }
 
 /// Checks that `segments` (by sequence number) form one chain: each starts
-/// where the one before ended. Returns one line per break.
+/// where the one before ended, and its manifest names that segment and that
+/// end state as its predecessor. Returns one line per break.
 pub fn chain_breaks(segments: &[SegmentManifest]) -> Vec<String> {
     let mut out = Vec::new();
     for w in segments.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        if b.prev_seq != Some(a.seq) || b.start_state != a.end_state {
+        if b.prev_seq != Some(a.seq)
+            || b.start_state != a.end_state
+            || b.prev_end_state.as_deref() != Some(a.end_state.as_str())
+        {
             out.push(format!(
-                "segment {} does not follow segment {} (it starts at '{}', segment {} ends at '{}')",
-                b.seq, a.seq, b.start_state, a.seq, a.end_state
+                "segment {} does not follow segment {} (it starts at '{}' after segment {} ending at '{}'; segment {} ends at '{}')",
+                b.seq,
+                a.seq,
+                b.start_state,
+                b.prev_seq.map_or("none".into(), |p| p.to_string()),
+                b.prev_end_state.as_deref().unwrap_or(""),
+                a.seq,
+                a.end_state
             ));
         }
     }

@@ -543,3 +543,68 @@ pub async fn prune(stage: &str, keep: u32) -> serde_json::Value {
     )
     .await
 }
+
+/// Points a replica's IO thread at `host:port` from `gtid` and waits until it has applied `goal`.
+pub async fn replicate_from(
+    t: &MariaDb,
+    port: u16,
+    user: &str,
+    password: &str,
+    gtid: &str,
+    goal: &str,
+) {
+    exec(
+        t,
+        &format!(
+            "STOP SLAVE; SET GLOBAL gtid_slave_pos = '{gtid}'; \
+             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='{user}', \
+             MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;"
+        ),
+    )
+    .await;
+    let reached = scalar(t, &format!("SELECT MASTER_GTID_WAIT('{goal}', 120)")).await;
+    if reached != "0" {
+        let mut c = t.conn().await.unwrap();
+        use mysql_async::prelude::Queryable;
+        let st: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await.unwrap();
+        panic!("replica on {} did not reach {goal}: {st:?}", t.port);
+    }
+}
+
+/// `replseed serve` of `stage` (user `repl`, password `s3cret`) on a port from the harness's allocator,
+/// with another port when that one was taken meanwhile.
+pub async fn serve_on_a_free_port(stage: &str) -> (tokio::process::Child, u16) {
+    for _ in 0..5 {
+        let port = replseed_testkit::free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut serve = spawn_replseed(
+            &[
+                "serve",
+                "--stage",
+                stage,
+                "--listen",
+                &listen,
+                "--replication-user",
+                "repl",
+            ],
+            &[("REPLSEED_REPLICATION_PASSWORD".into(), "s3cret".into())],
+        );
+        let start = std::time::Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(&listen).await.is_ok()
+                && serve.try_wait().unwrap().is_none()
+            {
+                return (serve, port);
+            }
+            if serve.try_wait().unwrap().is_some() {
+                break; // the port was taken: another one
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "serve does not listen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    panic!("serve could not listen on any of 5 free ports");
+}

@@ -1,6 +1,13 @@
-//! `COM_BINLOG_DUMP` from the archive: pick the segment the replica's GTID
-//! state starts in, skip the groups it has, and stream the rest verbatim;
-//! at the archive's head, wait for new segments and send heartbeats.
+//! `COM_BINLOG_DUMP` from the archive: find, as a master does, where the
+//! replica's GTID state is in the archive, send everything after it
+//! verbatim, and at the archive's head wait for new segments (each checked
+//! to continue the chain) and send heartbeats.
+//!
+//! The start is found by GTID, never by comparing sequence numbers (with
+//! `gtid_strict_mode=OFF` a domain's numbers may go down): per domain of the
+//! connect state, the segment holding that very GTID (from the manifests'
+//! start states and per-domain ranges, else by reading the segments), then
+//! within it the domain's groups are skipped up to and including that GTID.
 //!
 //! Per master file the replica gets what a master sends: a made-up rotate
 //! naming the original file, then the file's format description (its
@@ -8,28 +15,87 @@
 //! a master restart). Errors the replica must not retry are 1236, with
 //! MariaDB's own texts.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use replseed_stage::archive::SegmentManifest;
+use replseed_stage::archive::{chain_breaks, SegmentManifest};
 use tracing::{debug, info, warn};
 
 use super::packet::Packets;
 use super::session::{requested_state, Requested};
 use super::Shared;
 use crate::event::{self, types, RawEvent, HEADER_LEN, MAGIC};
-use crate::gtid::GtidState;
+use crate::gtid::{Gtid, GtidState};
 
 const NOT_FOUND: &str = "Could not find GTID state requested by slave in any binlog files. Probably the slave state is too old and required binlog files have been purged.";
+
+/// MariaDB's ER_GTID_POSITION_NOT_FOUND_IN_BINLOG.
+fn not_in_binlog(g: &Gtid) -> String {
+    format!("Error: connecting slave requested to start from GTID {g}, which is not in the master's binlog")
+}
 
 fn state(s: &str) -> GtidState {
     GtidState::parse(s).unwrap_or_default()
 }
 
-/// The segment to start from: the newest whose start the request covers.
-pub fn start_segment(segments: &[SegmentManifest], want: &GtidState) -> Option<usize> {
+/// Where the replica is in one domain of the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainStart {
+    /// The segment (by sequence number) its position is at or in.
+    pub seq: u64,
+    /// `Some(g)`: `g` is in that segment, and the domain's groups up to and
+    /// including it are the replica's; `None`: the position is the
+    /// segment's start.
+    pub inside: Option<Gtid>,
+}
+
+/// Finds `g` from the manifests alone: the newest segment starting right
+/// after it, else the newest whose range of the domain begins or ends
+/// with it.
+pub fn locate_by_manifest(segments: &[SegmentManifest], g: &Gtid) -> Option<DomainStart> {
+    if let Some(s) = segments
+        .iter()
+        .rev()
+        .find(|s| state(&s.start_state).get(g.domain) == Some(g))
+    {
+        return Some(DomainStart {
+            seq: s.seq,
+            inside: None,
+        });
+    }
+    let is = |t: &str| t.parse::<Gtid>().ok().as_ref() == Some(g);
     segments
         .iter()
-        .rposition(|s| want.covers(&state(&s.start_state)))
+        .rev()
+        .find(|s| {
+            s.domains
+                .iter()
+                .any(|r| r.domain == g.domain && (is(&r.first) || is(&r.last)))
+        })
+        .map(|s| DomainStart {
+            seq: s.seq,
+            inside: Some(*g),
+        })
+}
+
+/// Whether the archive ever has `domain`.
+fn has_domain(segments: &[SegmentManifest], domain: u32) -> bool {
+    segments.iter().any(|s| {
+        state(&s.start_state).get(domain).is_some() || s.domains.iter().any(|r| r.domain == domain)
+    })
+}
+
+/// Why a replica cannot be served from the archive (the 1236 text).
+fn missing(segments: &[SegmentManifest], g: &Gtid) -> String {
+    let older = segments
+        .first()
+        .and_then(|s| state(&s.start_state).get(g.domain).copied())
+        .is_none_or(|first| first.seq > g.seq);
+    if older {
+        NOT_FOUND.into()
+    } else {
+        not_in_binlog(g)
+    }
 }
 
 /// Splits a segment's binlog file into its events, each checked: its
@@ -115,40 +181,54 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             return pk.err(1105, "HY000", &format!("replseed serve: {e}")).await;
         }
     };
-    let Some(first) = start_segment(&segments, &want) else {
-        return pk.err(1236, "HY000", NOT_FOUND).await;
+    let skip = match find_start(shared, &segments, &want).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(m)) => return pk.err(1236, "HY000", &m).await,
+        Err(m) => return pk.err(1236, "HY000", &m).await,
     };
-    if let Some(last) = segments.last() {
-        let end = state(&last.end_state);
-        for g in want.iter() {
-            if end.get(g.domain).is_some_and(|e| e.seq < g.seq) {
-                return pk
-                    .err(1236, "HY000", &format!("Error: connecting slave requested to start from GTID {g}, which is not in the master's binlog"))
-                    .await;
-            }
-        }
-    }
+    let first = skip.values().map(|d| d.seq).min().unwrap_or(0);
+    debug!(state = %want, from = first, "dump start found");
     let mut s = Stream {
-        skip: want,
+        skip,
         file: String::new(),
         checksummed: true, // as answered to SELECT @master_binlog_checksum
         sent: 0,
     };
-    let mut next_seq = segments[first].seq;
-    let mut pending: Vec<SegmentManifest> = segments[first..].to_vec();
+    let mut last: Option<SegmentManifest> = None;
+    let mut pending: Vec<SegmentManifest> =
+        segments.into_iter().filter(|m| m.seq >= first).collect();
     let heartbeat = Duration::from_nanos(req.heartbeat_ns);
     let mut last_sent = Instant::now();
     loop {
         for seg in pending.drain(..) {
+            // Each segment must continue the chain of what was sent.
+            if let Some(prev) = &last {
+                let breaks = chain_breaks(&[prev.clone(), seg.clone()]);
+                if !breaks.is_empty() {
+                    warn!("the archive's chain breaks: {}", breaks.join("; "));
+                    return pk
+                        .err(
+                            1236,
+                            "HY000",
+                            &format!(
+                                "replseed serve: the binlog archive's chain breaks after segment {}: {}",
+                                prev.seq,
+                                breaks.join("; ")
+                            ),
+                        )
+                        .await;
+                }
+            }
             if let Err(m) = s.segment(pk, shared, &seg, req.skip_replication).await? {
                 return pk.err(1236, "HY000", &m).await;
             }
-            next_seq = seg.seq + 1;
+            last = Some(seg);
             last_sent = Instant::now();
         }
         pk.flush().await?;
         // At the head: new segments, or a heartbeat.
         tokio::time::sleep(shared.poll).await;
+        let next_seq = last.as_ref().map_or(first, |l| l.seq + 1);
         match shared.stage.segments().await {
             Ok(all) => pending = all.into_iter().filter(|m| m.seq >= next_seq).collect(),
             Err(e) => debug!("listing the archive: {e}"),
@@ -167,9 +247,134 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
     }
 }
 
+/// Where each domain of the archive starts for a replica at `want`:
+/// `Err` is the 1236 text. Domains the archive never had are the
+/// replica's own business; a domain of the archive the replica has no
+/// GTID of is sent from its first group, which the archive must hold.
+async fn find_start(
+    shared: &Shared,
+    segments: &[SegmentManifest],
+    want: &GtidState,
+) -> Result<Result<BTreeMap<u32, DomainStart>, String>, String> {
+    let mut out = BTreeMap::new();
+    let Some(oldest) = segments.first() else {
+        return Ok(Ok(out));
+    };
+    // Domains the replica has nothing of: from their first group on.
+    let mut domains: Vec<u32> = segments
+        .iter()
+        .flat_map(|s| s.domains.iter().map(|r| r.domain))
+        .collect();
+    domains.extend(state(&oldest.start_state).iter().map(|g| g.domain));
+    domains.sort_unstable();
+    domains.dedup();
+    for d in domains.into_iter().filter(|d| want.get(*d).is_none()) {
+        if state(&oldest.start_state).get(d).is_some() {
+            return Ok(Err(NOT_FOUND.into()));
+        }
+        let seq = segments
+            .iter()
+            .find(|s| s.domains.iter().any(|r| r.domain == d))
+            .map_or(oldest.seq, |s| s.seq);
+        out.insert(d, DomainStart { seq, inside: None });
+    }
+    for g in want.iter().filter(|g| has_domain(segments, g.domain)) {
+        let found = match locate_by_manifest(segments, g) {
+            Some(f) => Some(f),
+            None => scan(shared, segments, g).await?,
+        };
+        match found {
+            Some(f) => {
+                out.insert(g.domain, f);
+            }
+            None => return Ok(Err(missing(segments, g))),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// Reads the segments that have `g`'s domain, newest first, for `g`.
+async fn scan(
+    shared: &Shared,
+    segments: &[SegmentManifest],
+    g: &Gtid,
+) -> Result<Option<DomainStart>, String> {
+    for seg in segments
+        .iter()
+        .rev()
+        .filter(|s| s.domains.iter().any(|r| r.domain == g.domain))
+    {
+        let (evs, _) = load(shared, seg).await?;
+        for e in evs.iter().filter(|e| e.kind() == types::GTID) {
+            let (h, _) = e
+                .gtid()
+                .map_err(|m| format!("replseed serve: segment {}: {m}", seg.seq))?;
+            if h == *g {
+                return Ok(Some(DomainStart {
+                    seq: seg.seq,
+                    inside: Some(*g),
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A segment's events and whether they carry a CRC32; `Err` names the
+/// segment's object key and what is wrong with it, so the replica's
+/// Last_IO_Error says which object to look at.
+async fn load(shared: &Shared, seg: &SegmentManifest) -> Result<(Vec<RawEvent>, bool), String> {
+    let key = replseed_stage::archive::segment_path(seg.seq);
+    let damaged = |m: &str| format!("replseed serve: segment {key} is damaged: {m}");
+    let stored = shared
+        .stage
+        .read_segment(seg)
+        .await
+        .map_err(|e| format!("replseed serve: {e}"))?;
+    // Decompressed no further than the manifest's size: a short or
+    // overlong segment is refused, and memory stays within it.
+    let want = seg.bytes_raw;
+    let raw = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut raw = Vec::new();
+        zstd::stream::read::Decoder::new(&stored[..])?
+            .take(want.saturating_add(1))
+            .read_to_end(&mut raw)?;
+        Ok(raw)
+    })
+    .await;
+    let raw = match raw {
+        Ok(Ok(r)) if r.len() as u64 == want => r,
+        Ok(Ok(r)) => {
+            return Err(damaged(&format!(
+                "it decompresses to {}{} bytes, the manifest says {want}",
+                r.len(),
+                if r.len() as u64 > want {
+                    " or more"
+                } else {
+                    ""
+                }
+            )))
+        }
+        Ok(Err(e)) => return Err(damaged(&format!("it does not decompress ({e})"))),
+        Err(e) => return Err(damaged(&format!("decompressing it failed ({e})"))),
+    };
+    let mut crc = false;
+    let evs = events(&raw, &mut crc).map_err(|m| damaged(&m))?;
+    // The segment's own header: its format description and GTID list.
+    if evs.first().map(RawEvent::kind) != Some(types::FORMAT_DESCRIPTION) || evs.len() < 2 {
+        return Err(damaged("it has no format description"));
+    }
+    for e in evs.iter().skip(2).filter(|e| e.kind() == types::GTID) {
+        e.gtid()
+            .map_err(|m| damaged(&format!("a GTID event: {m}")))?;
+    }
+    Ok((evs, crc))
+}
+
 struct Stream {
-    /// Groups the replica has: not sent.
-    skip: GtidState,
+    /// Per domain, what of the archive the replica has: not sent.
+    skip: BTreeMap<u32, DomainStart>,
     /// The master file last announced with a rotate.
     file: String,
     /// Whether events made up now carry a CRC32 (the last format description's).
@@ -179,6 +384,29 @@ struct Stream {
 }
 
 impl Stream {
+    /// Whether the group of `g` in segment `seq` is the replica's already.
+    fn has(&mut self, seq: u64, g: &Gtid) -> bool {
+        let Some(at) = self.skip.get(&g.domain).copied() else {
+            return false;
+        };
+        if seq < at.seq {
+            return true;
+        }
+        match at.inside {
+            Some(last) if seq == at.seq => {
+                if last == *g {
+                    // The replica's last group of the domain: sent from the next on.
+                    self.skip.remove(&g.domain);
+                }
+                true
+            }
+            _ => {
+                self.skip.remove(&g.domain);
+                false
+            }
+        }
+    }
+
     /// Sends one segment; `Err(message)` for a reason to stop the replica.
     async fn segment(
         &mut self,
@@ -187,70 +415,24 @@ impl Stream {
         seg: &SegmentManifest,
         skip_replication: bool,
     ) -> std::io::Result<Result<(), String>> {
-        // Every error names the segment's object key: the replica's
-        // Last_IO_Error says which object to look at.
-        let key = replseed_stage::archive::segment_path(seg.seq);
-        let damaged = |m: &str| format!("replseed serve: segment {key} is damaged: {m}");
-        let stored = match shared.stage.read_segment(seg).await {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(format!("replseed serve: {e}"))),
-        };
-        // Decompressed no further than the manifest's size: a short or
-        // overlong segment is refused, and memory stays within it.
-        let want = seg.bytes_raw;
-        let raw = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            use std::io::Read;
-            let mut raw = Vec::new();
-            zstd::stream::read::Decoder::new(&stored[..])?
-                .take(want.saturating_add(1))
-                .read_to_end(&mut raw)?;
-            Ok(raw)
-        })
-        .await;
-        let raw = match raw {
-            Ok(Ok(r)) if r.len() as u64 == want => r,
-            Ok(Ok(r)) => {
-                return Ok(Err(damaged(&format!(
-                    "it decompresses to {}{} bytes, the manifest says {want}",
-                    r.len(),
-                    if r.len() as u64 > want {
-                        " or more"
-                    } else {
-                        ""
-                    }
-                ))))
-            }
-            Ok(Err(e)) => return Ok(Err(damaged(&format!("it does not decompress ({e})")))),
-            Err(e) => return Ok(Err(damaged(&format!("decompressing it failed ({e})")))),
-        };
-        let mut crc = false;
-        let evs = match events(&raw, &mut crc) {
-            Ok(e) => e,
-            Err(m) => return Ok(Err(damaged(&m))),
+        let (evs, crc) = match load(shared, seg).await {
+            Ok(l) => l,
+            Err(m) => return Ok(Err(m)),
         };
         // The segment's own header: its format description and GTID list.
-        let Some(fde) = evs
-            .first()
-            .filter(|e| e.kind() == types::FORMAT_DESCRIPTION)
-        else {
-            return Ok(Err(damaged("it has no format description")));
-        };
         if seg.master_file != self.file {
             let rotate =
                 event::fake_rotate(&seg.master_file, 4, shared.server_id, self.checksummed);
             send(pk, &rotate).await?;
-            send(pk, &fde_for_replica(fde)).await?;
+            send(pk, &fde_for_replica(&evs[0])).await?;
             self.file = seg.master_file.clone();
             self.checksummed = crc;
         }
         let mut skipping = false;
         for e in evs.iter().skip(2) {
             if e.kind() == types::GTID {
-                let g = match e.gtid() {
-                    Ok((g, _)) => g,
-                    Err(m) => return Ok(Err(damaged(&format!("a GTID event: {m}")))),
-                };
-                skipping = self.skip.contains(&g);
+                let (g, _) = e.gtid().map_err(std::io::Error::other)?;
+                skipping = self.has(seg.seq, &g);
                 if !skipping {
                     self.sent += 1;
                 }
