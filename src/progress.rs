@@ -65,7 +65,9 @@ where
         let b = BARS.add(ProgressBar::new(0));
         b.set_style(
             ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})",
+                // The message last, cut to the terminal's width: a line
+                // wider than the terminal is not drawn as it should be.
+                "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} (eta {eta}) {wide_msg}",
             )
             .expect("template"),
         );

@@ -579,10 +579,13 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             .unwrap_or_default()
             .behind(&goal_state)
     };
-    progress.transactions_total.store(
-        behind_goal(&m.position.gtid),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let total = behind_goal(&m.position.gtid);
+    progress
+        .transactions_behind
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .transactions_total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut io_down_since: Option<Instant> = None;
     loop {
         if let Some(t) = plan.timeout {
@@ -636,7 +639,8 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             behind.parse().unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let pos = get("Gtid_Slave_Pos");
+        // (SHOW SLAVE STATUS has no Gtid_Slave_Pos; SHOW ALL SLAVES STATUS has.)
+        let pos = text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0]);
         let left = if reached { 0 } else { behind_goal(&pos) };
         progress
             .transactions_behind
@@ -648,7 +652,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         };
         set_state(
             progress,
-            format!("{left} behind, {seconds}; replica at '{pos}', goal '{goal}'"),
+            format!("{left} behind, {seconds}; replica at '{pos}'"),
         );
         if reached && sql_running && io_running == "Yes" {
             break;
