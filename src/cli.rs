@@ -3,6 +3,8 @@
 //! environment alone. These raw flags are turned into validated plans in
 //! `commands`; nothing below the CLI sees them.
 
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Hides the values of every environment fallback from `--help`: they may
@@ -10,6 +12,56 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub fn hide_env_values(cmd: clap::Command) -> clap::Command {
     cmd.mut_args(|a| a.hide_env_values(true))
         .mut_subcommands(hide_env_values)
+}
+
+/// A server URL, checked as the command line is parsed: a malformed one
+/// is a bad command line (exit 2). The value is not echoed, since it may
+/// hold a password.
+#[derive(Clone, Copy)]
+pub struct ServerUrl(pub &'static str);
+
+impl TypedValueParser for ServerUrl {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let s = value.to_str().unwrap_or_default();
+        replseed_db::Server::parse(self.0, s).map_err(|e| bad_value(cmd, arg, &e.to_string()))?;
+        Ok(s.to_string())
+    }
+}
+
+/// A stage URL, checked as the command line is parsed (exit 2).
+#[derive(Clone, Copy)]
+pub struct StageUrl;
+
+impl TypedValueParser for StageUrl {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let s = value.to_str().unwrap_or_default();
+        replseed_stage::Stage::check_url(s).map_err(|e| bad_value(cmd, arg, &e.to_string()))?;
+        Ok(s.to_string())
+    }
+}
+
+/// `invalid --flag: why`, with the command's usage hint.
+fn bad_value(cmd: &clap::Command, arg: Option<&clap::Arg>, why: &str) -> clap::Error {
+    let flag = arg
+        .and_then(|a| a.get_long())
+        .map(|l| format!("--{l}"))
+        .unwrap_or_else(|| "value".into());
+    let mut cmd = cmd.clone();
+    cmd.error(ErrorKind::ValueValidation, format!("invalid {flag}: {why}"))
 }
 
 /// Provision MariaDB replicas from a consistent, staged snapshot.
@@ -250,7 +302,7 @@ pub struct ServeArgs {
 pub struct ArchiveArgs {
     /// The master: mysql://user:password@host:port (needs REPLICATION SLAVE
     /// and BINLOG MONITOR).
-    #[arg(long, env = "REPLSEED_SOURCE")]
+    #[arg(long, env = "REPLSEED_SOURCE", value_parser = ServerUrl("source"))]
     pub source: String,
 
     #[command(flatten)]
@@ -293,7 +345,7 @@ pub struct StageArg {
     /// Stage: file:///path, a plain path, or s3://bucket/prefix (endpoint and
     /// credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     /// AWS_REGION, AWS_ALLOW_HTTP).
-    #[arg(long, env = "REPLSEED_STAGE")]
+    #[arg(long, env = "REPLSEED_STAGE", value_parser = StageUrl)]
     pub stage: String,
 
     /// File holding the stage key (also: REPLSEED_STAGE_KEY): extract signs
@@ -344,6 +396,7 @@ pub struct TuningArgs {
         long = "lag-replica",
         env = "REPLSEED_LAG_REPLICA",
         value_delimiter = ',',
+        value_parser = ServerUrl("replica"),
         requires = "max_replica_lag"
     )]
     pub lag_replicas: Vec<String>,
@@ -352,7 +405,7 @@ pub struct TuningArgs {
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
     /// The master: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_SOURCE")]
+    #[arg(long, env = "REPLSEED_SOURCE", value_parser = ServerUrl("source"))]
     pub source: String,
 
     #[command(flatten)]
@@ -477,7 +530,7 @@ pub struct LoadArgs {
     pub snapshot: String,
 
     /// The server to load: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_TARGET")]
+    #[arg(long, env = "REPLSEED_TARGET", value_parser = ServerUrl("target"))]
     pub target: String,
 
     #[command(flatten)]
@@ -561,14 +614,14 @@ pub struct CatchupArgs {
     pub snapshot: String,
 
     /// The master: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_SOURCE")]
+    #[arg(long, env = "REPLSEED_SOURCE", value_parser = ServerUrl("source"))]
     pub source: String,
 
     #[command(flatten)]
     pub source_password: SourcePasswordArg,
 
     /// The loaded replica: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_TARGET")]
+    #[arg(long, env = "REPLSEED_TARGET", value_parser = ServerUrl("target"))]
     pub target: String,
 
     #[command(flatten)]
@@ -585,7 +638,7 @@ pub struct CatchupArgs {
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
     /// The master: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_SOURCE")]
+    #[arg(long, env = "REPLSEED_SOURCE", value_parser = ServerUrl("source"))]
     pub source: String,
 
     #[command(flatten)]
@@ -596,6 +649,7 @@ pub struct ProvisionArgs {
         long = "target",
         env = "REPLSEED_TARGET",
         value_delimiter = ',',
+        value_parser = ServerUrl("target"),
         required = true
     )]
     pub targets: Vec<String>,
@@ -634,14 +688,14 @@ pub struct ProvisionArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The master: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_SOURCE")]
+    #[arg(long, env = "REPLSEED_SOURCE", value_parser = ServerUrl("source"))]
     pub source: String,
 
     #[command(flatten)]
     pub source_password: SourcePasswordArg,
 
     /// The replica: mysql://user:password@host:port
-    #[arg(long, env = "REPLSEED_TARGET")]
+    #[arg(long, env = "REPLSEED_TARGET", value_parser = ServerUrl("target"))]
     pub target: String,
 
     #[command(flatten)]

@@ -1,14 +1,53 @@
 //! Progress: a bar on a terminal, a log line every few seconds otherwise
-//! (cron and CI logs stay readable).
+//! (cron and CI logs stay readable). Every bar lives in one
+//! [`MultiProgress`], and everything else written to stderr (log lines,
+//! [`eprintln`]) goes through it: the bars are cleared, the line printed,
+//! the bars drawn again below it, so a line never lands inside a bar and a
+//! bar is never left behind, drawn twice.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-/// A snapshot of progress: (phase, done, total, unit).
+/// The bars on stderr (hidden when stderr is not a terminal).
+static BARS: LazyLock<MultiProgress> =
+    LazyLock::new(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+
+/// Writes a line on stderr, above the bars.
+pub fn eprintln(line: std::fmt::Arguments) {
+    let line = format!("{line}\n");
+    let _ = Stderr.write_all(line.as_bytes());
+}
+
+/// stderr for the log subscriber: each write (tracing writes an event in
+/// one) is printed above the bars.
+#[derive(Clone, Copy)]
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        BARS.suspend(|| std::io::stderr().lock().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Stderr
+    }
+}
+
+/// A snapshot of progress: `done` of `total` `unit`, and what is going on.
 pub struct Tick {
     pub phase: String,
     pub done: u64,
@@ -16,17 +55,19 @@ pub struct Tick {
     pub unit: &'static str,
 }
 
-/// Reports progress until the returned handle is aborted.
+/// Reports progress until [`Reporter::finish`].
 pub fn spawn<F>(label: &'static str, enabled_bar: bool, mut read: F) -> Reporter
 where
     F: FnMut() -> Tick + Send + 'static,
 {
     let tty = enabled_bar && std::io::stderr().is_terminal();
     let bar = if tty {
-        let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        let b = BARS.add(ProgressBar::new(0));
         b.set_style(
             ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg} (eta {eta})",
+                // The message last, cut to the terminal's width: a line
+                // wider than the terminal is not drawn as it should be.
+                "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} (eta {eta}) {wide_msg}",
             )
             .expect("template"),
         );
@@ -45,7 +86,7 @@ where
                 Some(b) => {
                     b.set_length(t.total.max(t.done));
                     b.set_position(t.done);
-                    b.set_message(format!("{} {}", t.unit, t.phase));
+                    b.set_message(format!("{}: {}", t.unit, t.phase));
                 }
                 None => {
                     if last_log.elapsed() >= Duration::from_secs(10) {
@@ -74,6 +115,7 @@ impl Reporter {
         self.handle.abort();
         if let Some(b) = self.bar {
             b.finish_and_clear();
+            BARS.remove(&b);
         }
     }
 }

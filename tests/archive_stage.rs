@@ -144,7 +144,7 @@ async fn snapshots_report_the_archive_and_prune_drops_only_what_no_kept_snapshot
     );
     // The human list says the same, and names the range.
     let out = replseed(&["snapshots", "list", "--stage", &stage], &[]).await;
-    let human = String::from_utf8_lossy(&out.stderr);
+    let human = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{human}");
     for (id, word) in [("s0", "no"), ("s1", "yes"), ("s2", "yes")] {
         let line = human

@@ -92,13 +92,20 @@ async fn source_problems_are_named() {
     assert_nothing_published(dir2.path());
     exec(&m, "SET GLOBAL binlog_format='ROW'").await;
 
-    // A bad URL.
-    let err = extract_fails("postgres://x", &stage, &[]).await;
+    // A bad URL: a bad command line (exit 2).
+    let bad_url = |source: &str, stage: &str| {
+        let args = ["extract", "--source", source, "--stage", stage].map(String::from);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            replseed_fails(&args, &[], 2).await
+        }
+    };
+    let err = bad_url("postgres://x", &stage).await;
     assert!(
         error_line(&err).contains("mysql://user:password@host:port"),
         "{err}"
     );
-    let err = extract_fails(&m.url(), "ftp://x/y", &[]).await;
+    let err = bad_url(&m.url(), "ftp://x/y").await;
     assert!(error_line(&err).contains("invalid stage URL"), "{err}");
 }
 

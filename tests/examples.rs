@@ -87,12 +87,13 @@ async fn quickstart_runs_as_written() {
         "REPLICA_PORT".into(),
         replseed_testkit::free_port().to_string(),
     ));
-    let (ok, _out, err) = run_script("quickstart.sh", &[], &env).await;
+    let (ok, out, err) = run_script("quickstart.sh", &[], &env).await;
     let (stopped, _, stop_err) = run_script("quickstart.sh", &["--stop"], &env).await;
     assert!(ok, "quickstart failed:\n{err}");
     assert!(stopped, "{stop_err}");
     assert!(err.contains("\"caught_up\":true"), "{err}");
-    assert!(err.contains("\nidentical\n"), "{err}");
+    // verify's report is on stdout.
+    assert!(out.contains("\nidentical\n"), "{out}");
     assert!(err.contains("With real servers"), "{err}");
 }
 
@@ -135,9 +136,9 @@ async fn cron_nightly_and_ci_replica_jobs_against_local_s3() {
         "mariadb -h127.0.0.1 -P{port} -uroot -N -e 'SELECT COUNT(*) FROM shop.orders' > {}",
         marker.path().display()
     );
-    let (ok, _out, err) = run_script("ci-replica.sh", &["--", "bash", "-c", &cmd], &ci_env).await;
+    let (ok, out, err) = run_script("ci-replica.sh", &["--", "bash", "-c", &cmd], &ci_env).await;
     assert!(ok, "ci job failed:\n{err}");
-    assert!(err.contains("identical"), "{err}");
+    assert!(out.contains("identical"), "{out}");
     assert_eq!(
         std::fs::read_to_string(marker.path()).unwrap().trim(),
         "60000"
@@ -158,8 +159,8 @@ async fn s3_minio_example_against_local_s3() {
     env.push(("REPLSEED_SOURCE".into(), m.url()));
     env.push(("REPLSEED_TARGET".into(), r.url()));
     env.push(("SANDBOX_DIR".into(), dir.path().display().to_string()));
-    let (ok, _out, err) = run_script("s3-minio.sh", &[], &env).await;
+    let (ok, out, err) = run_script("s3-minio.sh", &[], &env).await;
     assert!(ok, "s3-minio example failed:\n{err}");
-    assert!(err.contains("identical"), "{err}");
+    assert!(out.contains("identical"), "{out}");
     assert_identical(&m, &r, &["shop"]).await;
 }

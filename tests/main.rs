@@ -16,6 +16,7 @@ mod fidelity;
 mod interop;
 mod load;
 mod memory;
+mod newcomer;
 mod parquet;
 mod replica_source;
 mod roundtrip;

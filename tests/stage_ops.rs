@@ -41,7 +41,7 @@ async fn list_show_verify_delete_and_prune() {
     assert_eq!(ids, vec!["a1", "a2", "a3"]);
     assert_eq!(list["incomplete"][0]["id"], "a0");
     let out = replseed(&["snapshots", "list", "--stage", &stage], &[]).await;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a0  INCOMPLETE"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("a0  INCOMPLETE"));
 
     // show: tables with chunk paths relative to the stage root, that exist.
     let show = replseed_ok(
@@ -73,13 +73,22 @@ async fn list_show_verify_delete_and_prune() {
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[100] ^= 0x01;
     std::fs::write(&file, &bytes).unwrap();
-    let err = replseed_fails(&["snapshots", "verify", "a3", "--stage", &stage], &[], 4).await;
-    assert!(err.contains(&format!("BAD CHUNK {victim}")), "{err}");
-    assert!(err.contains("SHA-256"), "{err}");
+    // The bad chunks on stdout, the verdict on stderr.
+    let bad = |out: std::process::Output| {
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let verify = ["snapshots", "verify", "a3", "--stage", &stage];
+    let listed = bad(replseed(&verify, &[]).await);
+    assert!(listed.contains(&format!("BAD CHUNK {victim}")), "{listed}");
+    assert!(listed.contains("SHA-256"), "{listed}");
     // A missing chunk is named too.
     std::fs::remove_file(&file).unwrap();
-    let err = replseed_fails(&["snapshots", "verify", "a3", "--stage", &stage], &[], 4).await;
-    assert!(err.contains(&victim) && err.contains("missing"), "{err}");
+    let listed = bad(replseed(&verify, &[]).await);
+    assert!(
+        listed.contains(&victim) && listed.contains("missing"),
+        "{listed}"
+    );
 
     // Published ids are immutable.
     let err = extract_fails(&m.url(), &stage, &["--snapshot", "a2"]).await;
@@ -89,7 +98,20 @@ async fn list_show_verify_delete_and_prune() {
         err.contains("snapshot `a0`") && err.contains("incomplete"),
         "{err}"
     );
-    let err = extract_fails(&m.url(), &stage, &["--snapshot", "../x"]).await;
+    let err = replseed_fails(
+        &[
+            "extract",
+            "--source",
+            &m.url(),
+            "--stage",
+            &stage,
+            "--snapshot",
+            "../x",
+        ],
+        &[],
+        2,
+    )
+    .await;
     assert!(err.contains("invalid snapshot id"), "{err}");
 
     // prune keeps the newest two and removes older leftovers.

@@ -85,6 +85,19 @@ impl GtidState {
             .all(|g| self.0.get(&g.domain).is_some_and(|h| h.seq >= g.seq))
     }
 
+    /// How many transactions a stream at this state is short of `goal`:
+    /// over `goal`'s domains, the sequence numbers it has yet to reach
+    /// (sequence numbers grow by one per transaction in a domain).
+    pub fn behind(&self, goal: &GtidState) -> u64 {
+        goal.0
+            .values()
+            .map(|g| {
+                g.seq
+                    .saturating_sub(self.0.get(&g.domain).map_or(0, |h| h.seq))
+            })
+            .sum()
+    }
+
     /// Whether `g` is already included in this state (its domain is at or
     /// past its sequence number).
     pub fn contains(&self, g: &Gtid) -> bool {
@@ -117,5 +130,9 @@ mod tests {
         assert!(s.covers(&GtidState::default()));
         assert!(s.contains(&"0-9-10".parse().unwrap()));
         assert!(!s.contains(&"0-1-11".parse().unwrap()));
+        // 0-1-10 -> 0-3-12 is 2 behind, 1-2-5 -> 1-2-5 none, a new domain 2 all of its 4.
+        let goal = GtidState::parse("0-3-12,1-2-5,2-1-4").unwrap();
+        assert_eq!(s.behind(&goal), 6);
+        assert_eq!(goal.behind(&s), 0);
     }
 }

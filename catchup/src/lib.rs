@@ -217,6 +217,11 @@ pub struct Progress {
     pub state: std::sync::Mutex<String>,
     /// Seconds behind the master, as the replica reports.
     pub behind: std::sync::atomic::AtomicU64,
+    /// Transactions between the snapshot's GTID and the goal (the master's
+    /// position when the wait began).
+    pub transactions_total: std::sync::atomic::AtomicU64,
+    /// Transactions the replica has yet to apply to reach the goal.
+    pub transactions_behind: std::sync::atomic::AtomicU64,
 }
 
 /// Result of a catch-up.
@@ -556,6 +561,19 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     let goal = text(&first(&mut master, src, "SELECT @@GLOBAL.gtid_binlog_pos", ()).await?[0]);
     let _ = master.disconnect().await;
     info!(target = %tgt.addr(), %goal, "waiting for the replica to catch up");
+    let goal_state = GtidState::parse(&goal).unwrap_or_default();
+    let behind_goal = |pos: &str| {
+        GtidState::parse(pos)
+            .unwrap_or_default()
+            .behind(&goal_state)
+    };
+    let total = behind_goal(&m.position.gtid);
+    progress
+        .transactions_behind
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .transactions_total
+        .store(total, std::sync::atomic::Ordering::Relaxed);
     let mut io_down_since: Option<Instant> = None;
     loop {
         if let Some(t) = plan.timeout {
@@ -609,12 +627,20 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
             behind.parse().unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
         );
+        // (SHOW SLAVE STATUS has no Gtid_Slave_Pos; SHOW ALL SLAVES STATUS has.)
+        let pos = text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0]);
+        let left = if reached { 0 } else { behind_goal(&pos) };
+        progress
+            .transactions_behind
+            .store(left, std::sync::atomic::Ordering::Relaxed);
+        let seconds = if behind.is_empty() || behind == "NULL" {
+            "seconds behind the master unknown".to_string()
+        } else {
+            format!("{behind} s behind the master")
+        };
         set_state(
             progress,
-            format!(
-                "replica at '{}', goal '{goal}', {behind} s behind",
-                get("Gtid_Slave_Pos")
-            ),
+            format!("{left} behind, {seconds}; replica at '{pos}'"),
         );
         if reached && sql_running && io_running == "Yes" {
             break;

@@ -45,6 +45,28 @@ pub struct VerifyPlan {
     pub accounts: bool,
 }
 
+/// Live state of a verify, for progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Tables to compare.
+    pub tables_total: std::sync::atomic::AtomicU64,
+    /// Tables compared.
+    pub tables_done: std::sync::atomic::AtomicU64,
+    /// What it is doing.
+    pub phase: std::sync::Mutex<String>,
+}
+
+impl Progress {
+    fn set_phase(&self, p: impl Into<String>) {
+        *self.phase.lock().expect("phase") = p.into();
+    }
+
+    fn table_done(&self) {
+        self.tables_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What verify found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
@@ -303,7 +325,7 @@ async fn pin_replica(
 }
 
 /// Runs a verify.
-pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
+pub async fn run(plan: VerifyPlan, progress: &Progress) -> Result<VerifyReport, CatchupError> {
     let started = Instant::now();
     let (src, tgt) = (&plan.source, &plan.target);
     let mut m = src.connect(SESSION).await?;
@@ -340,6 +362,7 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
     // From here on, a replica stopped for the comparison replicates again
     // on every exit path, errors included.
     let pinned_and_compared = async {
+        progress.set_phase("pinning both sides to one GTID");
         let (method, gtid) = if replicating {
             // Stop first, so that the replica cannot be past the master's snapshot.
             r.query_drop("STOP SLAVE")
@@ -370,11 +393,13 @@ pub async fn run(plan: VerifyPlan) -> Result<VerifyReport, CatchupError> {
             tgt,
             &dbs,
             replicating.then_some(plan.timeout),
+            progress,
         )
         .await;
         if let Ok((_, _, _, diffs)) = &mut result {
             diffs.extend(filter_problem);
             if plan.accounts {
+                progress.set_phase("comparing accounts");
                 match compare_accounts(&mut m, &mut r, src, tgt).await {
                     Ok(d) => diffs.extend(d),
                     Err(e) => result = Err(e),
@@ -444,11 +469,31 @@ async fn compare(
     tgt: &Server,
     dbs: &[String],
     pinned: Option<Duration>,
+    progress: &Progress,
 ) -> Result<(u64, u64, u64, Vec<String>), CatchupError> {
+    if !dbs.is_empty() {
+        let list: Vec<String> = dbs.iter().map(|d| quote_str(d)).collect();
+        let n = rows(
+            m,
+            src,
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({}) \
+                 AND TABLE_TYPE IN ('BASE TABLE','SYSTEM VERSIONED')",
+                list.join(",")
+            ),
+            (),
+        )
+        .await?;
+        progress.tables_total.store(
+            text(&n[0][0]).parse().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let mut diffs = Vec::new();
     let mut non_transactional = Vec::new();
     let (mut tables, mut total_rows, mut objs) = (0u64, 0u64, 0u64);
     for db in dbs {
+        progress.set_phase(format!("comparing `{db}`"));
         let mdb = rows(
             m,
             src,
@@ -509,6 +554,7 @@ async fn compare(
         .collect();
         for (t, versioned, transactional) in base {
             if !ro.contains_key(&("TABLE".to_string(), t.clone())) {
+                progress.table_done();
                 continue; // reported above
             }
             tables += 1;
@@ -521,6 +567,7 @@ async fn compare(
             let a = rows(m, src, &sql, ()).await?;
             let b = rows(r, tgt, &sql, ()).await?;
             total_rows += table_diff(db, &t, &a, &b, &mut diffs);
+            progress.table_done();
         }
     }
     if pinned.is_some() && !non_transactional.is_empty() {
@@ -530,6 +577,7 @@ async fn compare(
             .map_err(|e| tgt.err("COMMIT", &e))?;
     }
     for (db, t, sql) in non_transactional {
+        progress.set_phase(format!("comparing `{db}`.`{t}` (not transactional)"));
         let (a, b) = match pinned {
             Some(timeout) => {
                 // Hold the table still on the master, note the GTID it is
@@ -552,6 +600,7 @@ async fn compare(
             None => (rows(m, src, &sql, ()).await?, rows(r, tgt, &sql, ()).await?),
         };
         total_rows += table_diff(&db, &t, &a, &b, &mut diffs);
+        progress.table_done();
     }
     Ok((tables, total_rows, objs, diffs))
 }

@@ -2,6 +2,8 @@
 //! text, in one transaction with the chunk's progress row.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use arrow::record_batch::RecordBatchReader;
 use bytes::Bytes;
@@ -15,7 +17,7 @@ use replseed_stage::types::ColumnKind;
 
 use crate::bookkeeping::RECORD_CHUNK;
 use crate::encode::TextEncoder;
-use crate::{LoadError, LoadPlan};
+use crate::{LoadError, LoadPlan, Progress};
 
 /// Bytes handed to the server per LOAD DATA packet. The driver copies each
 /// into a pooled buffer (kept at 1.25 MiB at most, see
@@ -68,12 +70,35 @@ struct Produced {
     invalid_enums: u64,
 }
 
+/// The rows of one chunk sent to the target so far: counted in
+/// [`Progress::rows_sending`] while the chunk is loaded, taken out of it
+/// when the chunk ends (committed, its rows are in [`Progress::rows`]).
+struct Sending {
+    progress: Arc<Progress>,
+    rows: AtomicU64,
+}
+
+impl Sending {
+    fn add(&self, n: u64) {
+        self.rows.fetch_add(n, Ordering::Relaxed);
+        self.progress.rows_sending.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let n = self.rows.load(Ordering::Relaxed);
+        self.progress.rows_sending.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// Reads a Parquet file and sends its rows as LOAD DATA text, in pieces.
 fn produce(
     path: PathBuf,
     table: Table,
     key: String,
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    sending: &Sending,
 ) -> Result<Produced, String> {
     let file =
         std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
@@ -84,6 +109,8 @@ fn produce(
         TextEncoder::new(&table.columns, reader.schema().as_ref()).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(PIECE_BUF);
     let mut rows = 0u64;
+    // Rows encoded into `buf`, not yet sent.
+    let mut in_buf = 0u64;
     let mut invalid_enums = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("decoding {key}: {e}"))?;
@@ -94,12 +121,14 @@ fn produce(
             // Encode in slices so that one piece stays near PIECE bytes.
             let to = (from + slice).min(n);
             encoder.encode_rows(&batch, from, to, &mut buf);
+            in_buf += (to - from) as u64;
             from = to;
             if buf.len() >= PIECE {
                 let piece = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BUF)));
                 if tx.blocking_send(Ok(piece)).is_err() {
                     return Err(STOPPED.into());
                 }
+                sending.add(std::mem::take(&mut in_buf));
             }
         }
         rows += n as u64;
@@ -107,6 +136,7 @@ fn produce(
     if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
         return Err(STOPPED.into());
     }
+    sending.add(in_buf);
     Ok(Produced {
         rows,
         invalid_enums,
@@ -155,6 +185,7 @@ pub async fn load_chunk(
     table: &Table,
     chunk: &Chunk,
     file: PathBuf,
+    progress: &Arc<Progress>,
 ) -> Result<Option<u64>, LoadError> {
     let server = &plan.target;
     let snapshot = plan.manifest.snapshot.as_str();
@@ -189,9 +220,15 @@ pub async fn load_chunk(
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let t2 = table.clone();
     let key = chunk.path.clone();
+    // Held until the chunk ends: its rows stay counted until then.
+    let sending = Arc::new(Sending {
+        progress: progress.clone(),
+        rows: AtomicU64::new(0),
+    });
+    let sent = sending.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let txe = tx.clone();
-        let r = produce(file, t2, key, tx);
+        let r = produce(file, t2, key, tx, &sent);
         if let Err(e) = &r {
             let _ = txe.blocking_send(Err(std::io::Error::other(e.clone())));
         }

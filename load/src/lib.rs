@@ -142,6 +142,9 @@ pub struct Progress {
     pub rows: AtomicU64,
     /// Rows to load in all (this run).
     pub rows_total: AtomicU64,
+    /// Rows of the chunks being loaded sent to the target, not yet
+    /// committed (in `rows` once they are).
+    pub rows_sending: AtomicU64,
     /// Chunks loaded (this run).
     pub chunks: AtomicU64,
     /// Current phase.

@@ -424,6 +424,7 @@ async fn load_worker(
                         &table,
                         &chunk,
                         local.path.clone(),
+                        &progress,
                     )
                     .await;
                     match r {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use replseed_binlog::ArchivePlan;
 
 use super::{credentials, print_json, shutdown_signal, Failure};
@@ -11,14 +11,18 @@ use crate::cli::ArchiveArgs;
 
 pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
     if a.server_id == 0 {
-        bail!("--server-id must not be 0 (a master refuses a replica with server_id 0)");
+        return Err(super::bad_flag(
+            "--server-id must not be 0 (a master refuses a replica with server_id 0)",
+        ));
     }
     if a.segment_mb == 0 || a.segment_secs == 0 {
-        bail!("--segment-mb and --segment-secs must be at least 1");
+        return Err(super::bad_flag(
+            "--segment-mb and --segment-secs must be at least 1",
+        ));
     }
     let plan = ArchivePlan {
         source: credentials::server("source", &a.source)?,
-        stage: credentials::stage(&a.stage.stage)?,
+        stage: credentials::writable_stage(&a.stage.stage)?,
         server_id: a.server_id,
         until_current: a.until_current,
         segment_bytes: (a.segment_mb as usize) << 20,

@@ -168,7 +168,15 @@ pub fn replication_login(
 /// A stage from its URL, with the stage key (`REPLSEED_STAGE_KEY` or
 /// `--stage-key-file`) when one is set: manifests are then signed on
 /// publish and must be signed to be read.
+/// The stage must exist: commands that only read never create one.
 pub fn stage(url: &str) -> Result<Stage> {
     let key = sources().stage_key.clone();
     Ok(Stage::open(url)?.with_key(key))
+}
+
+/// [`stage`] for the commands that write one (extract, archive): a missing
+/// local directory is created, owner-only.
+pub fn writable_stage(url: &str) -> Result<Stage> {
+    Stage::create(url)?;
+    stage(url)
 }

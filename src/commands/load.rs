@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use replseed_load::{LoadPlan, LoadReport, Progress};
 use replseed_stage::{Manifest, Stage};
 
@@ -20,14 +20,19 @@ pub fn plan(
     opts: &LoadOpts,
 ) -> Result<LoadPlan> {
     if opts.threads == 0 || opts.threads > 256 {
-        bail!("--threads must be between 1 and 256");
+        return Err(super::bad_flag("--threads must be between 1 and 256"));
     }
     if opts.max_load_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-        bail!("--max-load-rate must be a positive number of MiB per second");
+        return Err(super::bad_flag(
+            "--max-load-rate must be a positive number of MiB per second",
+        ));
     }
     let spool = opts.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     if !spool.is_dir() {
-        bail!("--spool-dir {} is not a directory", spool.display());
+        return Err(super::bad_flag(format!(
+            "--spool-dir {} is not a directory",
+            spool.display()
+        )));
     }
     Ok(LoadPlan {
         target: super::credentials::server("target", target)?,
@@ -48,7 +53,8 @@ fn reporter(bars: bool) -> (Arc<Progress>, progress::Reporter) {
     let p = progress.clone();
     let r = progress::spawn("load", bars, move || progress::Tick {
         phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
-        done: p.rows.load(Ordering::Relaxed),
+        // Committed rows, and those of the chunks being loaded.
+        done: p.rows.load(Ordering::Relaxed) + p.rows_sending.load(Ordering::Relaxed),
         total: p.rows_total.load(Ordering::Relaxed),
         unit: "rows",
     });

@@ -1,11 +1,12 @@
 //! Orchestration: raw flags become validated plans, plans run, results are
-//! reported (human lines on stderr, one JSON line on stdout with `--json`).
+//! reported: listings and reports on stdout (one JSON line instead with
+//! `--json`), logs, progress and what a command did on stderr.
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use replseed_extract::{ExtractPlan, Progress};
@@ -31,11 +32,24 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A flag value out of its range: a bad command line (exit 2).
+pub fn bad_flag(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+    .into()
+}
+
 /// Exit code for an error.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code;
+        }
+        // A snapshot id that cannot be one is a bad command line.
+        if let Some(StageError::InvalidSnapshotId { .. }) = cause.downcast_ref::<StageError>() {
+            return 2;
         }
         if let Some(
             replseed_catchup::CatchupError::BinlogPurged { .. }
@@ -51,6 +65,20 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
 fn print_json(v: serde_json::Value) {
     println!("{v}");
 }
+
+/// A line of a listing or a report: on stdout, where `| grep` finds it,
+/// or on stderr with `--json`, whose one line stdout then holds alone.
+/// Logs and progress bars are on stderr.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            $crate::progress::eprintln(format_args!($($arg)*));
+        } else {
+            println!($($arg)*);
+        }
+    };
+}
+pub(crate) use say;
 
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
@@ -86,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Load(a) => load::run(a, bars).await,
         Command::Catchup(a) => replicate::catchup(a, bars).await,
         Command::Provision(a) => replicate::provision(a, bars).await,
-        Command::Verify(a) => replicate::verify(a).await,
+        Command::Verify(a) => replicate::verify(a, bars).await,
         Command::Archive(a) => archive::run(a).await,
         Command::Serve(a) => archive::serve(a).await,
     }
@@ -103,16 +131,18 @@ pub fn extract_plan(
     accounts: bool,
 ) -> Result<ExtractPlan> {
     if threads == 0 || threads > 256 {
-        bail!("--threads must be between 1 and 256");
+        return Err(bad_flag("--threads must be between 1 and 256"));
     }
     if tuning.chunk_rows == 0 {
-        bail!("--chunk-rows must be at least 1");
+        return Err(bad_flag("--chunk-rows must be at least 1"));
     }
     if tuning.max_rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-        bail!("--max-rate must be a positive number of MiB per second");
+        return Err(bad_flag(
+            "--max-rate must be a positive number of MiB per second",
+        ));
     }
     if !(1..=22).contains(&tuning.zstd_level) {
-        bail!("--zstd-level must be between 1 and 22");
+        return Err(bad_flag("--zstd-level must be between 1 and 22"));
     }
     let snapshot = snapshot.unwrap_or_else(replseed_stage::default_snapshot_id);
     replseed_stage::layout::validate_snapshot_id(&snapshot)?;
@@ -124,12 +154,14 @@ pub fn extract_plan(
     });
     if let Some(d) = &databases {
         if d.is_empty() {
-            bail!("--databases is empty; leave it out to copy every non-system database");
+            return Err(bad_flag(
+                "--databases is empty; leave it out to copy every non-system database",
+            ));
         }
     }
     Ok(ExtractPlan {
         source: credentials::server("source", source)?,
-        stage: credentials::stage(stage)?,
+        stage: credentials::writable_stage(stage)?,
         snapshot,
         databases,
         threads,
@@ -175,7 +207,7 @@ pub async fn extract(plan: ExtractPlan, bars: bool) -> Result<(Manifest, f64)> {
         format!("extract of snapshot `{snapshot}` to {stage_url} failed; nothing was published")
     })?;
     let m = &r.manifest;
-    eprintln!(
+    progress::eprintln(format_args!(
         "published snapshot {} to {}: {} tables, {} rows, {} chunks, {} bytes in {:.1} s",
         m.snapshot,
         stage_url,
@@ -184,8 +216,8 @@ pub async fn extract(plan: ExtractPlan, bars: bool) -> Result<(Manifest, f64)> {
         m.totals.chunks,
         m.totals.bytes,
         r.elapsed.as_secs_f64()
-    );
-    eprintln!(
+    ));
+    progress::eprintln(format_args!(
         "position {}:{}  gtid '{}'  ({}; commits blocked {} ms, DDL and non-transactional writes blocked {} ms)",
         m.position.binlog_file,
         m.position.binlog_pos,
@@ -193,7 +225,7 @@ pub async fn extract(plan: ExtractPlan, bars: bool) -> Result<(Manifest, f64)> {
         m.consistency.method,
         m.consistency.commit_blocked_ms,
         m.consistency.ddl_blocked_ms
-    );
+    ));
     Ok((r.manifest, r.elapsed.as_secs_f64()))
 }
 
@@ -241,7 +273,8 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 match &e.manifest {
                     Some(m) => {
                         let from_archive = archive.covers(&m.position.gtid);
-                        eprintln!(
+                        say!(
+                            json,
                             "{}  {}  gtid '{}'  {} tables  {} rows  {} bytes  archive {}",
                             m.snapshot,
                             m.finished_at,
@@ -267,15 +300,15 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                         let why = e.problem.clone().unwrap_or_else(|| {
                             "no manifest: incomplete (failed or running extract)".into()
                         });
-                        eprintln!("{}  INCOMPLETE  {}", e.id, why);
+                        say!(json, "{}  INCOMPLETE  {}", e.id, why);
                         incomplete.push(json!({"id": e.id, "reason": why}));
                     }
                 }
             }
             if entries.is_empty() {
-                eprintln!("no snapshots in {}", stage.url());
+                say!(json, "no snapshots in {}", stage.url());
             }
-            eprintln!("binlog archive: {}", archive.range_line());
+            say!(json, "binlog archive: {}", archive.range_line());
             if json {
                 print_json(json!({
                     "stage": stage.url(),
@@ -382,10 +415,10 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
             let m = stage.resolve(&id).await?;
             let r = stage.verify(&m, &spool_dir()).await?;
             for b in &r.bad {
-                eprintln!("BAD CHUNK {b}");
+                say!(json, "BAD CHUNK {b}");
             }
             for u in &r.unexpected {
-                eprintln!("note: object not in the manifest: {u}");
+                say!(json, "note: object not in the manifest: {u}");
             }
             if json {
                 print_json(json!({
@@ -394,9 +427,13 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 }));
             }
             if r.bad.is_empty() {
-                eprintln!(
+                say!(
+                    json,
                     "snapshot {} verified: {} chunks, {} rows, {} bytes",
-                    m.snapshot, r.chunks, r.rows, r.bytes
+                    m.snapshot,
+                    r.chunks,
+                    r.rows,
+                    r.bytes
                 );
                 Ok(ExitCode::SUCCESS)
             } else {

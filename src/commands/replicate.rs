@@ -1,6 +1,7 @@
 //! `replseed catchup`, `replseed provision` and `replseed verify`.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use replseed_catchup::{CatchupPlan, CatchupReport, Progress};
 use replseed_db::Server;
 use replseed_stage::Manifest;
 
-use super::{extract_json, print_json, shutdown_signal, Failure};
+use super::{extract_json, print_json, say, shutdown_signal, Failure};
 use crate::cli::{CatchupArgs, ProvisionArgs, ReplicationOpts, VerifyArgs};
 use crate::progress;
 
@@ -91,11 +92,15 @@ async fn published_manifest(
 async fn catchup_one(plan: CatchupPlan, bars: bool) -> Result<CatchupReport> {
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
-    let reporter = progress::spawn("catchup", bars, move || progress::Tick {
-        phase: p.state.lock().map(|s| s.clone()).unwrap_or_default(),
-        done: 0,
-        total: 0,
-        unit: "",
+    // Counts the transactions applied since the snapshot up to the goal.
+    let reporter = progress::spawn("catchup", bars, move || {
+        let total = p.transactions_total.load(Ordering::Relaxed);
+        progress::Tick {
+            phase: p.state.lock().map(|s| s.clone()).unwrap_or_default(),
+            done: total.saturating_sub(p.transactions_behind.load(Ordering::Relaxed)),
+            total,
+            unit: "transactions",
+        }
     });
     let target = plan.target.addr();
     let r = replseed_catchup::run(plan, progress, shutdown_signal()).await;
@@ -136,7 +141,10 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
     for t in &a.targets {
         let s = super::credentials::server("target", t)?;
         if s.addr() == source.addr() {
-            anyhow::bail!("--target {} is the --source itself", s.addr());
+            return Err(super::bad_flag(format!(
+                "--target {} is the --source itself",
+                s.addr()
+            )));
         }
         targets.push(t.clone());
     }
@@ -316,7 +324,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
+pub async fn verify(a: VerifyArgs, bars: bool) -> Result<ExitCode> {
     let plan = VerifyPlan {
         source: super::credentials::server("source", &a.source)?,
         target: super::credentials::server("target", &a.target)?,
@@ -324,16 +332,26 @@ pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout),
         accounts: !a.no_accounts,
     };
-    let r = replseed_catchup::verify::run(plan)
-        .await
-        .context("verify failed")?;
+    let progress = Arc::new(replseed_catchup::verify::Progress::default());
+    let p = progress.clone();
+    let reporter = progress::spawn("verify", bars, move || progress::Tick {
+        phase: p.phase.lock().map(|s| s.clone()).unwrap_or_default(),
+        done: p.tables_done.load(Ordering::Relaxed),
+        total: p.tables_total.load(Ordering::Relaxed),
+        unit: "tables",
+    });
+    let r = replseed_catchup::verify::run(plan, &progress).await;
+    reporter.finish();
+    let r = r.context("verify failed")?;
+    // The report goes to stdout (with --json: the JSON line alone).
     for d in &r.differences {
-        eprintln!("DIFFERENCE {d}");
+        say!(a.json, "DIFFERENCE {d}");
     }
     if a.json {
         print_json(serde_json::to_value(&r)?);
     }
-    eprintln!(
+    say!(
+        a.json,
         "compared {} databases, {} tables ({} rows), {} objects: {}",
         r.databases.len(),
         r.tables,
@@ -342,7 +360,7 @@ pub async fn verify(a: VerifyArgs) -> Result<ExitCode> {
         r.method
     );
     if r.differences.is_empty() {
-        eprintln!("identical");
+        say!(a.json, "identical");
         Ok(ExitCode::SUCCESS)
     } else {
         Err(Failure {

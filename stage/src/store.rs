@@ -77,34 +77,79 @@ pub struct VerifyReport {
     pub unexpected: Vec<String>,
 }
 
+/// Where a stage URL points.
+enum Location {
+    S3 { parsed: url::Url, prefix: Path },
+    Local(PathBuf),
+}
+
+/// Parses a stage URL: `file:///dir`, a plain path, or `s3://bucket/prefix`.
+fn locate(url: &str) -> Result<Location, StageError> {
+    let bad = |reason: &str| StageError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url.is_empty() {
+        return Err(bad("empty"));
+    }
+    // A plain path is a local directory; anything else is a URL that
+    // object_store parses (scheme, bucket, prefix).
+    let parsed = if url.contains("://") {
+        url::Url::parse(url).map_err(|e| bad(&e.to_string()))?
+    } else {
+        let abs = std::path::absolute(url).map_err(|e| bad(&e.to_string()))?;
+        url::Url::from_file_path(&abs).map_err(|_| bad("not a usable path"))?
+    };
+    let unsupported = "supported stages are file:///path, a plain path, and s3://bucket/prefix";
+    let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|_| bad(unsupported))?;
+    match scheme {
+        ObjectStoreScheme::AmazonS3 if matches!(parsed.scheme(), "s3" | "s3a") => {
+            if parsed.host_str().unwrap_or_default().is_empty() {
+                return Err(bad("no bucket name; use s3://bucket/prefix"));
+            }
+            Ok(Location::S3 { parsed, prefix })
+        }
+        ObjectStoreScheme::Local => {
+            let absolute = "file URLs need an absolute path: file:///path/to/stage";
+            if parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                return Err(bad(absolute));
+            }
+            let dir = parsed.to_file_path().map_err(|_| bad(absolute))?;
+            Ok(Location::Local(dir))
+        }
+        _ => Err(bad(unsupported)),
+    }
+}
+
 impl Stage {
-    /// Opens a stage from `file:///dir`, a plain path, or `s3://bucket/prefix`
-    /// (endpoint and credentials from the `AWS_*` environment variables).
-    /// A local directory is created if missing.
+    /// Opens an existing stage from `file:///dir`, a plain path, or
+    /// `s3://bucket/prefix` (endpoint and credentials from the `AWS_*`
+    /// environment variables), for commands that read it: a local directory
+    /// that does not exist is an error naming it, and nothing is created.
     pub fn open(url: &str) -> Result<Stage, StageError> {
+        Self::open_with(url, false)
+    }
+
+    /// Opens a stage for a command that writes to it (extract, archive): a
+    /// missing local directory is created, owner-only (0700).
+    pub fn create(url: &str) -> Result<Stage, StageError> {
+        Self::open_with(url, true)
+    }
+
+    /// Checks that `url` is a stage URL this tool understands, without
+    /// opening it (for argument parsing).
+    pub fn check_url(url: &str) -> Result<(), StageError> {
+        locate(url).map(|_| ())
+    }
+
+    fn open_with(url: &str, create: bool) -> Result<Stage, StageError> {
         let bad = |reason: &str| StageError::InvalidUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        if url.is_empty() {
-            return Err(bad("empty"));
-        }
-        // A plain path is a local directory; anything else is a URL that
-        // object_store parses (scheme, bucket, prefix).
-        let parsed = if url.contains("://") {
-            url::Url::parse(url).map_err(|e| bad(&e.to_string()))?
-        } else {
-            let abs = std::path::absolute(url).map_err(|e| bad(&e.to_string()))?;
-            url::Url::from_file_path(&abs).map_err(|_| bad("not a usable path"))?
-        };
-        let unsupported = "supported stages are file:///path, a plain path, and s3://bucket/prefix";
-        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|_| bad(unsupported))?;
-        match scheme {
-            ObjectStoreScheme::AmazonS3 if matches!(parsed.scheme(), "s3" | "s3a") => {
+        match locate(url)? {
+            Location::S3 { parsed, prefix } => {
                 let bucket = parsed.host_str().unwrap_or_default();
-                if bucket.is_empty() {
-                    return Err(bad("no bucket name; use s3://bucket/prefix"));
-                }
                 // S3 verifies a SHA-256 of every upload (unless
                 // AWS_CHECKSUM_ALGORITHM says otherwise); server-side
                 // encryption comes from AWS_SERVER_SIDE_ENCRYPTION,
@@ -133,32 +178,35 @@ impl Stage {
                     aborts: Aborts::default(),
                 })
             }
-            ObjectStoreScheme::Local => {
-                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(bad(
-                        "file URLs need an absolute path: file:///path/to/stage",
-                    ));
-                }
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|_| bad("file URLs need an absolute path: file:///path/to/stage"))?;
-                Self::open_dir(url, dir)
-            }
-            _ => Err(bad(unsupported)),
+            Location::Local(dir) => Self::open_dir(url, dir, create),
         }
     }
 
-    /// A local directory stage, created if missing.
-    fn open_dir(url: &str, dir: PathBuf) -> Result<Stage, StageError> {
-        let created = !dir.exists();
-        std::fs::create_dir_all(&dir).map_err(|e| StageError::Unreachable {
-            url: url.to_string(),
-            reason: format!("cannot create directory {}: {e}", dir.display()),
-        })?;
-        if created {
+    /// A local directory stage, created if missing and `create`.
+    fn open_dir(url: &str, dir: PathBuf, create: bool) -> Result<Stage, StageError> {
+        if !dir.exists() {
+            if !create {
+                return Err(StageError::Unreachable {
+                    url: url.to_string(),
+                    reason: format!(
+                        "the directory {} does not exist; check --stage (an extract or an archive creates a stage)",
+                        dir.display()
+                    ),
+                });
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| StageError::Unreachable {
+                url: url.to_string(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
             // A stage holds data and password hashes: owner only.
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        if !dir.is_dir() {
+            return Err(StageError::Unreachable {
+                url: url.to_string(),
+                reason: format!("{} is not a directory; check --stage", dir.display()),
+            });
         }
         let dir = dir.canonicalize().map_err(|e| StageError::Unreachable {
             url: url.to_string(),
