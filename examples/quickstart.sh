@@ -73,12 +73,16 @@ Stop the sandboxes:
   examples/quickstart.sh --stop
 
 With real servers:
-  1. On the master: binlog_format=ROW, log_bin on, and a user for replseed and replication:
-       GRANT SELECT, RELOAD, BINLOG MONITOR, SHOW VIEW, TRIGGER, EVENT, REPLICATION SLAVE ON *.* TO 'replseed'@'%';
+  1. On the master: binlog_format=ROW, log_bin on, a user for replseed and one for the replicas:
+       GRANT SELECT, RELOAD, BINLOG MONITOR, SHOW VIEW, TRIGGER, EVENT ON *.* TO 'replseed'@'%';
+       GRANT REPLICATION SLAVE ON *.* TO 'repl'@'%';
   2. On each new replica: its own server_id, local_infile=1, and a user with
        GRANT ALL ON *.* (it creates the databases and runs CHANGE MASTER).
-  3. replseed provision --source mysql://replseed:PW@master:3306 \\
-         --target mysql://admin:PW@replica1:3306 --target mysql://admin:PW@replica2:3306 \\
+  3. Passwords from the environment (or files, or a --defaults-file group per role),
+     never on the command line:
+       export REPLSEED_SOURCE_PASSWORD=... REPLSEED_TARGET_PASSWORD=... REPLSEED_REPLICATION_PASSWORD=...
+       replseed provision --source mysql://replseed@master:3306 --replication-user repl \\
+         --target mysql://admin@replica1:3306 --target mysql://admin@replica2:3306 \\
          --stage s3://bucket/prefix          # AWS_* variables for S3 or MinIO
   See examples/cron-nightly.sh and examples/ci-replica.sh for jobs.
 MSG
