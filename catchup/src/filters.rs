@@ -23,6 +23,7 @@
 //!   `mysql.%`, which lets through exactly what a full replica gets of the
 //!   `mysql` schema. Grants on `*.*` and on databases (`db.*`) name no
 //!   table and reach the replica whatever the database.
+//!
 //! The subset replica then holds what `AccountSet::on_subset` describes.
 
 use mysql_async::Conn;
