@@ -98,6 +98,10 @@ async fn accounts(db: &MariaDb) -> BTreeMap<String, String> {
 
 async fn assert_same_accounts(m: &MariaDb, t: &MariaDb) {
     let (a, b) = (accounts(m).await, accounts(t).await);
+    assert_same(&a, &b);
+}
+
+fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) {
     let mut diffs = Vec::new();
     for k in a
         .keys()
@@ -215,4 +219,99 @@ async fn a_differing_account_is_a_conflict_and_force_replaces_exactly_it() {
         "{err}"
     );
     assert_eq!(scalar(&t3, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN ('app','replseed')").await, "0");
+}
+
+const SUBSET_SQL: &str = "CREATE DATABASE keep; CREATE TABLE keep.t (id INT PRIMARY KEY, a INT, b INT); \
+    CREATE PROCEDURE keep.p() SELECT 1; \
+    CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY, a INT); \
+    CREATE FUNCTION other.f() RETURNS INT DETERMINISTIC RETURN 1; \
+    CREATE ROLE r_keep; GRANT SELECT ON keep.* TO r_keep; \
+    CREATE ROLE r_other; GRANT SELECT ON other.t TO r_other; GRANT SELECT (a) ON keep.t TO r_other; \
+    CREATE USER 'app'@'%' IDENTIFIED BY 'pw' WITH MAX_USER_CONNECTIONS 3; GRANT PROCESS ON *.* TO 'app'@'%'; \
+    GRANT SELECT ON other.t TO 'app'@'%'; GRANT UPDATE (a) ON other.t TO 'app'@'%'; \
+    GRANT SELECT ON keep.t TO 'app'@'%'; GRANT UPDATE (a, b) ON keep.t TO 'app'@'%'; \
+    GRANT EXECUTE ON PROCEDURE keep.p TO 'app'@'%'; GRANT EXECUTE ON FUNCTION other.f TO 'app'@'%'; \
+    GRANT r_keep TO 'app'@'%'; GRANT r_other TO 'app'@'%'; SET DEFAULT ROLE r_keep FOR 'app'@'%'; \
+    CREATE USER 'report'@'10.0.0.%' IDENTIFIED BY 'r'; GRANT SELECT ON other.* TO 'report'@'10.0.0.%'; \
+    GRANT r_other TO 'report'@'10.0.0.%'; \
+    CREATE USER 'gone'@'%'; GRANT SELECT ON other.t TO 'gone'@'%'; \
+    GRANT SELECT ON other.t TO PUBLIC; GRANT SELECT ON keep.t TO PUBLIC;";
+
+/// What a replica of every database but `outside` holds of `accounts`:
+/// the grants on `outside`'s tables, columns and routines left out.
+fn without_objects_of(
+    accounts: &BTreeMap<String, String>,
+    outside: &str,
+) -> BTreeMap<String, String> {
+    let on = [
+        format!(" ON `{outside}`.`"),
+        format!(" ON PROCEDURE `{outside}`.`"),
+        format!(" ON FUNCTION `{outside}`.`"),
+    ];
+    accounts
+        .iter()
+        .map(|(k, v)| {
+            let object_rows = matches!(k.as_str(), "tables_priv" | "columns_priv" | "procs_priv");
+            let kept: Vec<&str> = v
+                .lines()
+                .filter(|l| {
+                    if object_rows {
+                        l.split('|').nth(1) != Some(outside)
+                    } else {
+                        !on.iter().any(|o| l.contains(o.as_str()))
+                    }
+                })
+                .collect();
+            (k.clone(), kept.join("\n"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subset_replica_holds_and_keeps_the_accounts_and_their_grants_on_the_subset() {
+    let m = server(1, false).await;
+    exec(&m, SUBSET_SQL).await;
+    let t = server(2, false).await;
+    let (_d, stage) = local_stage();
+    provision_ok(&m, &t, &stage, &["--databases", "keep"]).await;
+    let replica = accounts(&t).await;
+    assert_same(&without_objects_of(&accounts(&m).await, "other"), &replica);
+    assert!(
+        replica.contains_key("`gone`@`%`") && replica.len() > 8,
+        "{replica:?}"
+    );
+
+    // Account statements after the hand-off, on the subset, globally and
+    // on the database left out, reach the replica or pass it by.
+    still_replicating(
+        &m,
+        &t,
+        "GRANT INSERT ON keep.t TO 'app'@'%'; GRANT INSERT ON other.t TO 'app'@'%'; \
+         GRANT SELECT (a) ON other.t TO 'report'@'10.0.0.%'; \
+         REVOKE UPDATE (b) ON keep.t FROM 'app'@'%'; REVOKE SELECT ON other.t FROM 'app'@'%'; \
+         REVOKE EXECUTE ON FUNCTION other.f FROM 'app'@'%'; \
+         ALTER USER 'app'@'%' WITH MAX_QUERIES_PER_HOUR 7; \
+         SET PASSWORD FOR 'report'@'10.0.0.%' = PASSWORD('new'); \
+         RENAME USER 'report'@'10.0.0.%' TO 'report2'@'10.0.0.%'; DROP USER 'gone'@'%'; \
+         CREATE ROLE r_new; GRANT DELETE ON keep.* TO r_new; GRANT r_new TO 'app'@'%'; \
+         SET DEFAULT ROLE r_new FOR 'app'@'%'; GRANT RELOAD ON *.* TO r_new; \
+         CREATE USER 'late'@'%' IDENTIFIED BY 'l'; GRANT SELECT ON other.* TO 'late'@'%'; \
+         GRANT SELECT ON other.t TO 'late'@'%'; GRANT EXECUTE ON PROCEDURE keep.p TO 'late'@'%'; \
+         GRANT EXECUTE ON FUNCTION other.f TO 'late'@'%'; REVOKE SELECT ON other.t FROM PUBLIC; \
+         INSERT INTO keep.t VALUES (1, 1, 1);",
+    )
+    .await;
+    let replica = accounts(&t).await;
+    assert_same(&without_objects_of(&accounts(&m).await, "other"), &replica);
+    assert!(replica.contains_key("`late`@`%`") && !replica.contains_key("`gone`@`%`"));
+    let (mu, tu) = (m.url(), t.url());
+    for extra in [&[][..], &["--databases", "keep"][..]] {
+        let v = replseed(&[&verify_args(&mu, &tu)[..], extra].concat(), &[]).await;
+        assert!(
+            v.status.success(),
+            "verify {extra:?}: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
 }

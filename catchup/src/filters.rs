@@ -8,13 +8,34 @@
 //! on the master was (`replicate_do_db` would go by the latter for
 //! statements). MariaDB lets it be set while the replica is stopped, but a
 //! restart forgets it: the my.cnf line makes it permanent.
+//!
+//! Account statements (`CREATE/ALTER/DROP/RENAME USER`, `SET PASSWORD`,
+//! `GRANT`/`REVOKE`, roles, `SET DEFAULT ROLE`) are logged as statements,
+//! and a replica applies the table filter to them twice (MariaDB's
+//! `sql_parse.cc` and `sql_acl.cc`, `Grant_tables::open_and_lock`):
+//! - first by the object a `GRANT`/`REVOKE` names on a table, its columns
+//!   or a routine (it counts as an updated table): one outside the subset
+//!   matches no pattern and the statement is skipped (`ER_SLAVE_IGNORED_TABLE`,
+//!   which replication passes over), so it never fails for the table's absence;
+//! - then by the privilege tables it writes (`mysql.global_priv`,
+//!   `mysql.tables_priv`, ...): without a pattern for them every account
+//!   statement is skipped silently. A snapshot with accounts therefore adds
+//!   `mysql.%`, which lets through exactly what a full replica gets of the
+//!   `mysql` schema. Grants on `*.*` and on databases (`db.*`) name no
+//!   table and reach the replica whatever the database.
+//!
+//! The subset replica then holds what `AccountSet::on_subset` describes.
 
 use mysql_async::Conn;
 use replseed_db::{exec, first, text, DbError, Server};
 use replseed_stage::manifest::Manifest;
 
+/// The pattern that lets account statements through (see the module doc).
+const ACCOUNTS_PATTERN: &str = "mysql.%";
+
 /// The `replicate_wild_do_table` value a replica of `m` needs, if `m` is a
-/// subset. Wildcards and backslashes in names are escaped.
+/// subset: its databases, and the privilege tables when the snapshot has
+/// accounts. Wildcards and backslashes in names are escaped.
 pub fn wild_do_table(m: &Manifest) -> Result<Option<String>, String> {
     let Some(dbs) = &m.subset else {
         return Ok(None);
@@ -35,13 +56,18 @@ pub fn wild_do_table(m: &Manifest) -> Result<Option<String>, String> {
             .collect();
         patterns.push(format!("{escaped}.%"));
     }
+    if m.accounts.is_some() {
+        patterns.push(ACCOUNTS_PATTERN.into());
+    }
     Ok(Some(patterns.join(",")))
 }
 
-/// The databases of a filter made by [`wild_do_table`].
+/// The databases of a filter made by [`wild_do_table`] (not `mysql`, whose
+/// pattern is there for the accounts).
 pub fn databases(filter: &str) -> Vec<String> {
     as_set(filter)
         .into_iter()
+        .filter(|p| p != ACCOUNTS_PATTERN)
         .filter_map(|p| p.strip_suffix(".%").map(str::to_string))
         .map(|p| {
             let mut out = String::new();
@@ -148,6 +174,16 @@ mod tests {
             super::wild_do_table(&m).unwrap().as_deref(),
             Some("shop.%,crm\\_2024.%,a\\%b.%")
         );
+        let mut with_accounts = m.clone();
+        with_accounts.accounts = Some(replseed_stage::manifest::StagedFile {
+            path: "accounts.json".into(),
+            bytes: 1,
+            sha256: String::new(),
+            count: 1,
+        });
+        let f = super::wild_do_table(&with_accounts).unwrap().unwrap();
+        assert_eq!(f, "shop.%,crm\\_2024.%,a\\%b.%,mysql.%");
+        assert_eq!(super::databases(&f).len(), 3);
         assert!(super::as_set("a.%, b.%") == super::as_set("b.%,a.%"));
         assert_eq!(
             super::databases("shop.%,crm\\_2024.%"),

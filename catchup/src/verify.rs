@@ -400,7 +400,8 @@ pub async fn run(plan: VerifyPlan, progress: &Progress) -> Result<VerifyReport, 
             diffs.extend(filter_problem);
             if plan.accounts {
                 progress.set_phase("comparing accounts");
-                match compare_accounts(&mut m, &mut r, src, tgt).await {
+                let subset = (plan.databases.is_some() || filter.is_some()).then_some(&dbs[..]);
+                match compare_accounts(&mut m, &mut r, src, tgt, subset).await {
                     Ok(d) => diffs.extend(d),
                     Err(e) => result = Err(e),
                 }
@@ -430,16 +431,21 @@ pub async fn run(plan: VerifyPlan, progress: &Progress) -> Result<VerifyReport, 
     })
 }
 
-/// Accounts, roles and grants that differ between the two servers.
+/// Accounts, roles and grants that differ between the two servers; of a
+/// subset of databases, what a replica of them holds
+/// (`AccountSet::on_subset`) on both sides.
 async fn compare_accounts(
     m: &mut Conn,
     r: &mut Conn,
     src: &Server,
     tgt: &Server,
+    subset: Option<&[String]>,
 ) -> Result<Vec<String>, CatchupError> {
     use replseed_db::accounts;
-    let a = accounts::read(m, src).await?;
-    let b = accounts::read(r, tgt).await?;
+    let (mut a, mut b) = (accounts::read(m, src).await?, accounts::read(r, tgt).await?);
+    if let Some(dbs) = subset {
+        (a, b) = (a.on_subset(dbs), b.on_subset(dbs));
+    }
     let key = |x: &accounts::Account| (x.user.clone(), x.host.clone(), x.role);
     let bm: BTreeMap<_, _> = b.accounts.iter().map(|x| (key(x), x)).collect();
     let am: BTreeMap<_, _> = a.accounts.iter().map(|x| (key(x), x)).collect();

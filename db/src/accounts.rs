@@ -275,6 +275,111 @@ fn revoke_line(line: &str) -> Option<String> {
     Some(format!("REVOKE {what} FROM {grantee}"))
 }
 
+/// What a privilege line grants on.
+#[derive(Debug, PartialEq, Eq)]
+enum Scope {
+    /// `ON *.*`, a role, a proxy or a default role: the account's own.
+    Account,
+    /// `ON db.*`.
+    Database,
+    /// A table, its columns, or a routine of database `.0`.
+    Object(String),
+}
+
+/// One identifier at the start of `s` (`` `a``b` `` or bare), and the rest.
+fn ident(s: &str) -> Option<(String, &str)> {
+    if let Some(body) = s.strip_prefix('`') {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '`' {
+                if body[i + 1..].starts_with('`') {
+                    chars.next();
+                    out.push('`');
+                } else {
+                    return Some((out, &body[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    } else {
+        let end = s.find(['.', ' ']).unwrap_or(s.len());
+        Some((s[..end].to_string(), &s[end..]))
+    }
+}
+
+/// The scope of a `SHOW GRANTS` line (`GRANT privs [(cols)] ON [PROCEDURE|
+/// FUNCTION|PACKAGE [BODY]] obj TO ...`); quoted names may hold anything.
+fn scope(line: &str) -> Scope {
+    if !line.starts_with("GRANT ") || line.starts_with("GRANT PROXY ON ") {
+        return Scope::Account;
+    }
+    // The first ` ON ` outside backquotes.
+    let mut quoted = false;
+    let mut at = None;
+    for (i, c) in line.char_indices() {
+        match c {
+            '`' => quoted = !quoted,
+            ' ' if !quoted && line[i..].starts_with(" ON ") => {
+                at = Some(i + 4);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(at) = at else {
+        return Scope::Account; // GRANT role TO ...
+    };
+    let mut obj = &line[at..];
+    for kind in ["PROCEDURE ", "FUNCTION ", "PACKAGE BODY ", "PACKAGE "] {
+        if let Some(rest) = obj.strip_prefix(kind) {
+            obj = rest;
+            break;
+        }
+    }
+    if obj.starts_with("*.*") {
+        return Scope::Account;
+    }
+    match ident(obj) {
+        Some((_, rest)) if rest.starts_with(".*") => Scope::Database,
+        Some((db, _)) => Scope::Object(db),
+        None => Scope::Account,
+    }
+}
+
+impl AccountSet {
+    /// What a replica of the databases `dbs` holds of these accounts: every
+    /// account and role with its definition, its global and database-level
+    /// grants (a database need not exist to be granted on), its roles,
+    /// proxies and default role, and its grants on the tables, columns and
+    /// routines of `dbs` only: what the subset replica's replication filter
+    /// lets through afterwards (`replseed_catchup::filters`).
+    pub fn on_subset(&self, dbs: &[String]) -> AccountSet {
+        let keep = |g: &String| match scope(g) {
+            Scope::Object(db) => dbs.contains(&db),
+            Scope::Account | Scope::Database => true,
+        };
+        AccountSet {
+            accounts: self
+                .accounts
+                .iter()
+                .map(|a| Account {
+                    grants: a.grants.iter().filter(|g| keep(g)).cloned().collect(),
+                    ..a.clone()
+                })
+                .collect(),
+            public_grants: self
+                .public_grants
+                .iter()
+                .filter(|g| keep(g))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,5 +450,52 @@ mod tests {
         assert!(is_system_account("root", false));
         assert!(is_system_account("PUBLIC", true));
         assert!(!is_system_account("PUBLIC", false));
+    }
+
+    #[test]
+    fn a_subset_keeps_the_account_and_its_grants_on_the_subset() {
+        let a = user(&[
+            "GRANT PROCESS ON *.* TO `app`@`10.0.%`",
+            "GRANT SELECT ON `other`.* TO `app`@`10.0.%`",
+            "GRANT SELECT ON `keep`.`t` TO `app`@`10.0.%`",
+            "GRANT SELECT (`a ON b`), UPDATE (`x`) ON `other`.`t` TO `app`@`10.0.%`",
+            "GRANT SELECT ON `oth``er`.`t` TO `app`@`10.0.%`",
+            "GRANT EXECUTE ON PROCEDURE `keep`.`p` TO `app`@`10.0.%`",
+            "GRANT EXECUTE ON FUNCTION `other`.`f` TO `app`@`10.0.%`",
+            "GRANT EXECUTE ON PACKAGE BODY `other`.`pk` TO `app`@`10.0.%`",
+            "GRANT `r1` TO `app`@`10.0.%`",
+            "GRANT PROXY ON `x`@`%` TO `app`@`10.0.%`",
+            "SET DEFAULT ROLE `r1` FOR `app`@`10.0.%`",
+        ]);
+        let set = AccountSet {
+            accounts: vec![a.clone()],
+            public_grants: vec![
+                "GRANT SELECT ON `other`.`t2` TO PUBLIC".into(),
+                "GRANT SELECT ON `keep`.`t2` TO PUBLIC".into(),
+            ],
+        };
+        let sub = set.on_subset(&["keep".to_string()]);
+        assert_eq!(sub.accounts[0].create, a.create);
+        let kept: Vec<&str> = sub.accounts[0].grants.iter().map(String::as_str).collect();
+        assert_eq!(
+            kept,
+            vec![
+                "GRANT PROCESS ON *.* TO `app`@`10.0.%`",
+                "GRANT SELECT ON `other`.* TO `app`@`10.0.%`",
+                "GRANT SELECT ON `keep`.`t` TO `app`@`10.0.%`",
+                "GRANT EXECUTE ON PROCEDURE `keep`.`p` TO `app`@`10.0.%`",
+                "GRANT `r1` TO `app`@`10.0.%`",
+                "GRANT PROXY ON `x`@`%` TO `app`@`10.0.%`",
+                "SET DEFAULT ROLE `r1` FOR `app`@`10.0.%`",
+            ]
+        );
+        assert_eq!(
+            sub.public_grants,
+            vec!["GRANT SELECT ON `keep`.`t2` TO PUBLIC"]
+        );
+        assert_eq!(
+            scope("GRANT SELECT ON `oth``er`.`t` TO `u`@`%`"),
+            Scope::Object("oth`er".into())
+        );
     }
 }

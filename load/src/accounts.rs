@@ -30,24 +30,29 @@ fn kind(a: &Account) -> &'static str {
     }
 }
 
-/// The snapshot's accounts, unless the load skips them or the snapshot has none.
+/// The snapshot's accounts, unless the load skips them or the snapshot has
+/// none; for a snapshot of some databases, what a replica of them holds
+/// ([`AccountSet::on_subset`]: no grants on tables or routines it leaves out).
 pub async fn of_snapshot(plan: &LoadPlan) -> Result<Option<AccountSet>, LoadError> {
     if !plan.accounts {
         return Ok(None);
     }
-    if let Some(preview) = &plan.preview_accounts {
-        return Ok(Some(preview.clone()));
-    }
-    let Some(f) = &plan.manifest.accounts else {
-        return Ok(None);
-    };
-    let bytes = plan.stage.read_file(f).await?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| LoadError::Object {
+    let set = if let Some(preview) = &plan.preview_accounts {
+        preview.clone()
+    } else {
+        let Some(f) = &plan.manifest.accounts else {
+            return Ok(None);
+        };
+        let bytes = plan.stage.read_file(f).await?;
+        serde_json::from_slice(&bytes).map_err(|e| LoadError::Object {
             object: format!("accounts `{}`", f.path),
             detail: format!("unreadable ({e}); the snapshot is damaged"),
-        })
+        })?
+    };
+    Ok(Some(match &plan.manifest.subset {
+        Some(dbs) => set.on_subset(dbs),
+        None => set,
+    }))
 }
 
 fn by_name(set: &AccountSet) -> HashMap<(String, String, bool), &Account> {
