@@ -53,6 +53,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "REPLSEED_STAGE_KEY_FILE")]
     pub stage_key_file: Option<std::path::PathBuf>,
 
+    /// Read a signed stage (snapshots, binlog archive) without a stage key:
+    /// its signatures are not checked, and a warning says so. Without this
+    /// flag a reader given no key refuses a signed manifest.
+    #[arg(long, global = true, env = "REPLSEED_ALLOW_UNSIGNED", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unsigned: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -22,6 +22,7 @@ struct Sources {
     option_file: Option<OptionFile>,
     files: [(&'static str, Option<PathBuf>); 3],
     stage_key: Option<StageKey>,
+    allow_unsigned: bool,
 }
 
 static SOURCES: OnceLock<Sources> = OnceLock::new();
@@ -43,6 +44,7 @@ pub fn init(cli: &Cli) -> Result<()> {
     let _ = SOURCES.set(Sources {
         option_file,
         stage_key,
+        allow_unsigned: cli.allow_unsigned,
         files: [
             ("source", cli.source_password_file.clone()),
             ("target", cli.target_password_file.clone()),
@@ -93,8 +95,11 @@ pub fn server(role: &str, url: &str) -> Result<Server> {
 
 /// A stage from its URL, with the stage key (`REPLSEED_STAGE_KEY` or
 /// `--stage-key-file`) when one is set: manifests are then signed on
-/// publish and must be signed to be read.
+/// publish and must be signed to be read. Without a key, a signed manifest
+/// is refused unless `--allow-unsigned`.
 pub fn stage(url: &str) -> Result<Stage> {
-    let key = SOURCES.get_or_init(Sources::default).stage_key.clone();
-    Ok(Stage::open(url)?.with_key(key))
+    let sources = SOURCES.get_or_init(Sources::default);
+    Ok(Stage::open(url)?
+        .with_key(sources.stage_key.clone())
+        .allow_unsigned(sources.allow_unsigned))
 }

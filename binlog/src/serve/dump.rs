@@ -25,6 +25,16 @@ fn state(s: &str) -> GtidState {
     GtidState::parse(s).unwrap_or_default()
 }
 
+/// Whether a stage error means the archive must not be served (a signature,
+/// a link of the chain or a manifest is wrong), not that reading it failed.
+fn refused(e: &replseed_stage::StageError) -> bool {
+    use replseed_stage::StageError as E;
+    matches!(
+        e,
+        E::SegmentRefused { .. } | E::BadSignature { .. } | E::BadManifest { .. }
+    )
+}
+
 /// The segment to start from: the newest whose start the request covers.
 pub fn start_segment(segments: &[SegmentManifest], want: &GtidState) -> Option<usize> {
     segments
@@ -93,11 +103,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             )
             .await;
     }
-    let segments = match shared.stage.segments().await {
+    let segments = match shared.stage.segment_chain().await {
         Ok(s) => s,
         Err(e) => {
-            warn!("cannot list the archive: {e}");
-            return pk.err(1105, "HY000", &format!("replseed serve: {e}")).await;
+            warn!("cannot serve the archive: {e}");
+            let code = if refused(&e) { 1236 } else { 1105 };
+            return pk.err(code, "HY000", &format!("replseed serve: {e}")).await;
         }
     };
     let Some(first) = start_segment(&segments, &want) else {
@@ -134,8 +145,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
         pk.flush().await?;
         // At the head: new segments, or a heartbeat.
         tokio::time::sleep(shared.poll).await;
-        match shared.stage.segments().await {
+        match shared.stage.segment_chain().await {
             Ok(all) => pending = all.into_iter().filter(|m| m.seq >= next_seq).collect(),
+            Err(e) if refused(&e) => {
+                warn!("stopping a replica: {e}");
+                return pk.err(1236, "HY000", &format!("replseed serve: {e}")).await;
+            }
             Err(e) => debug!("listing the archive: {e}"),
         }
         if pending.is_empty()
@@ -172,17 +187,11 @@ impl Stream {
         seg: &SegmentManifest,
         skip_replication: bool,
     ) -> std::io::Result<Result<(), String>> {
-        let stored = match shared.stage.read_segment(seg).await {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(format!("replseed serve: {e}"))),
-        };
-        let raw = match tokio::task::spawn_blocking(move || zstd::decode_all(&stored[..])).await {
-            Ok(Ok(r)) => r,
-            _ => {
-                return Ok(Err(format!(
-                    "replseed serve: segment {} does not decompress",
-                    seg.seq
-                )))
+        let raw = match crate::segment::read_verified(&shared.stage, seg).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("stopping a replica: {e}");
+                return Ok(Err(format!("replseed serve: {e}")));
             }
         };
         let mut crc = false;
