@@ -3,6 +3,7 @@
 
 mod accounts;
 mod archive;
+mod archive_signing;
 mod archive_stage;
 mod common;
 mod consistency;
