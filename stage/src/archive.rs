@@ -407,3 +407,149 @@ fn chain_links(segments: &[SegmentManifest]) -> Vec<(u64, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::StageKey;
+
+    fn manifest(seq: u64, prev: Option<&SegmentManifest>) -> SegmentManifest {
+        SegmentManifest {
+            format: SEGMENT_FORMAT.into(),
+            format_version: SEGMENT_VERSION,
+            seq,
+            start_state: format!("0-1-{}", seq - 1),
+            end_state: format!("0-1-{seq}"),
+            prev_seq: prev.map(|p| p.seq),
+            prev_end_state: prev.map(|p| p.end_state.clone()),
+            domains: Vec::new(),
+            server_ids: vec![1],
+            master_server_id: 1,
+            server_version: "10.11".into(),
+            master_file: "bin.000001".into(),
+            first_pos: 4,
+            last_pos: 100,
+            checksum_alg: "CRC32".into(),
+            events: 3,
+            transactions: 1,
+            bytes_raw: 0,
+            bytes_stored: 0,
+            sha256_raw: String::new(),
+            sha256_stored: String::new(),
+            last_event_time: 0,
+            created_at: String::new(),
+            archiver: "test".into(),
+            source: "m:3306".into(),
+            prev_digest: prev.map(digest),
+            signature: None,
+        }
+    }
+
+    /// A keyed stage in a temporary directory holding segments 1..=n.
+    async fn archive(n: u64) -> (tempfile::TempDir, Stage) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StageKey::new("0123456789abcdef-unit".to_string().into()).unwrap();
+        let stage = Stage::open(dir.path().to_str().unwrap())
+            .unwrap()
+            .with_key(Some(key));
+        let mut prev: Option<SegmentManifest> = None;
+        for seq in 1..=n {
+            let mut m = manifest(seq, prev.as_ref());
+            let raw = format!("binlog {seq}").into_bytes();
+            stage.put_segment(&raw, raw.clone(), &mut m).await.unwrap();
+            prev = Some(m);
+        }
+        (dir, stage)
+    }
+
+    fn refused_key(e: StageError) -> String {
+        match e {
+            StageError::SegmentRefused { key, .. } | StageError::BadSignature { key, .. } => key,
+            other => panic!("not a refusal: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_signed_chain_verifies_from_its_first_remaining_segment() {
+        let (_dir, stage) = archive(4).await;
+        let segs = stage.segment_chain().await.unwrap();
+        assert_eq!(segs.len(), 4);
+        assert!(segs.iter().all(|s| s.signature.is_some()));
+        assert_eq!(segs[1].prev_digest.as_deref(), Some(digest(&segs[0]).as_str()));
+        // Pruned from the front: what is left still verifies.
+        stage.delete_segment(1).await.unwrap();
+        stage.delete_segment(2).await.unwrap();
+        assert_eq!(stage.segment_chain().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_removed_segment_breaks_the_chain_at_the_next() {
+        let (_dir, stage) = archive(4).await;
+        stage.delete_segment(2).await.unwrap();
+        let e = stage.segment_chain().await.unwrap_err();
+        assert_eq!(refused_key(e), segment_manifest_path(3));
+    }
+
+    #[tokio::test]
+    async fn an_edited_forged_or_unsigned_manifest_is_refused() {
+        let (dir, stage) = archive(3).await;
+        let path = dir.path().join(segment_manifest_path(2));
+        let good = std::fs::read(&path).unwrap();
+        let mut m: SegmentManifest = serde_json::from_slice(&good).unwrap();
+        // Edited, links intact: the signature catches it.
+        m.transactions += 1;
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = stage.segment_chain().await.unwrap_err();
+        assert!(e.to_string().contains("signature does not match"), "{e}");
+        assert_eq!(refused_key(e), segment_manifest_path(2));
+        // Unsigned.
+        m.signature = None;
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = stage.segment_chain().await.unwrap_err();
+        assert!(e.to_string().contains("not signed"), "{e}");
+        // Without a key: refused unless allowed.
+        std::fs::write(&path, &good).unwrap();
+        let keyless = Stage::open(dir.path().to_str().unwrap()).unwrap();
+        let e = keyless.segment_chain().await.unwrap_err();
+        assert!(e.to_string().contains("--allow-unsigned"), "{e}");
+        assert_eq!(
+            keyless.allow_unsigned(true).segment_chain().await.unwrap().len(),
+            3
+        );
+    }
+
+    #[test]
+    fn links_name_the_segment_that_does_not_follow() {
+        let a = manifest(1, None);
+        let b = manifest(2, Some(&a));
+        let c = manifest(3, Some(&b));
+        assert!(chain_links(&[a.clone(), b.clone(), c.clone()]).is_empty());
+        // Reordered.
+        assert_eq!(chain_links(&[a.clone(), c.clone(), b.clone()])[0].0, 3);
+        // The predecessor replaced by another with the same number and states.
+        let mut other = b.clone();
+        other.archiver = "someone else".into();
+        let links = chain_links(&[a.clone(), other, c.clone()]);
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].0, 3);
+        assert!(links[0].1.contains("another manifest"), "{}", links[0].1);
+        // A GTID gap.
+        let mut gap = c.clone();
+        gap.start_state = "0-1-9".into();
+        assert_eq!(chain_links(&[a, b, gap])[0].0, 3);
+    }
+
+    #[tokio::test]
+    async fn segment_data_is_never_overwritten() {
+        let (dir, stage) = archive(1).await;
+        let data = dir.path().join(segment_path(1));
+        let before = std::fs::read(&data).unwrap();
+        let mut again = manifest(1, None);
+        let e = stage
+            .put_segment(b"other", b"other".to_vec(), &mut again)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StageError::SegmentExists { seq: 1, .. }), "{e}");
+        assert_eq!(std::fs::read(&data).unwrap(), before);
+    }
+}
