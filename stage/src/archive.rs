@@ -475,7 +475,10 @@ mod tests {
         let segs = stage.segment_chain().await.unwrap();
         assert_eq!(segs.len(), 4);
         assert!(segs.iter().all(|s| s.signature.is_some()));
-        assert_eq!(segs[1].prev_digest.as_deref(), Some(digest(&segs[0]).as_str()));
+        assert_eq!(
+            segs[1].prev_digest.as_deref(),
+            Some(digest(&segs[0]).as_str())
+        );
         // Pruned from the front: what is left still verifies.
         stage.delete_segment(1).await.unwrap();
         stage.delete_segment(2).await.unwrap();
@@ -513,7 +516,12 @@ mod tests {
         let e = keyless.segment_chain().await.unwrap_err();
         assert!(e.to_string().contains("--allow-unsigned"), "{e}");
         assert_eq!(
-            keyless.allow_unsigned(true).segment_chain().await.unwrap().len(),
+            keyless
+                .allow_unsigned(true)
+                .segment_chain()
+                .await
+                .unwrap()
+                .len(),
             3
         );
     }
