@@ -165,11 +165,32 @@ pub struct CredentialFlags {
     pub target_password_file: Option<std::path::PathBuf>,
     pub replication_password_file: Option<std::path::PathBuf>,
     pub stage_key_file: Option<std::path::PathBuf>,
+    pub allow_unsigned: bool,
 }
 
 impl Command {
     /// The credential flags this command was given.
     pub fn credential_flags(&self) -> CredentialFlags {
+        let mut flags = self.credential_files();
+        flags.allow_unsigned = self.stage_arg().is_some_and(|s| s.allow_unsigned);
+        flags
+    }
+
+    /// The stage flags of a command that has a stage.
+    fn stage_arg(&self) -> Option<&StageArg> {
+        match self {
+            Command::Extract(a) => Some(&a.stage),
+            Command::Snapshots { command } => Some(command.stage()),
+            Command::Load(a) => Some(&a.stage),
+            Command::Catchup(a) => Some(&a.stage),
+            Command::Provision(a) => Some(&a.stage),
+            Command::Verify(_) => None,
+            Command::Archive(a) => Some(&a.stage),
+            Command::Serve(a) => Some(&a.stage),
+        }
+    }
+
+    fn credential_files(&self) -> CredentialFlags {
         let d = |d: &DefaultsFileArg| d.defaults_file.clone();
         let s = |s: &SourcePasswordArg| s.source_password_file.clone();
         let t = |t: &TargetPasswordArg| t.target_password_file.clone();
@@ -198,6 +219,7 @@ impl Command {
                 target_password_file: t(&a.target_password),
                 replication_password_file: r(&a.replication.password_file),
                 stage_key_file: k(&a.stage),
+                ..Default::default()
             },
             Command::Provision(a) => CredentialFlags {
                 defaults_file: d(&a.defaults),
@@ -205,6 +227,7 @@ impl Command {
                 target_password_file: t(&a.target_password),
                 replication_password_file: r(&a.replication.password_file),
                 stage_key_file: k(&a.stage),
+                ..Default::default()
             },
             Command::Verify(a) => CredentialFlags {
                 defaults_file: d(&a.defaults),
@@ -353,6 +376,12 @@ pub struct StageArg {
     /// signed snapshots only.
     #[arg(long, env = "REPLSEED_STAGE_KEY_FILE")]
     pub stage_key_file: Option<std::path::PathBuf>,
+
+    /// Read a signed stage (snapshots, binlog archive) without a stage key:
+    /// its signatures are not checked, and a warning says so. Without this
+    /// flag a reader given no key refuses a signed manifest.
+    #[arg(long, env = "REPLSEED_ALLOW_UNSIGNED", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]

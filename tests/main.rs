@@ -4,6 +4,7 @@
 mod accounts;
 mod archive;
 mod archive_handoff;
+mod archive_signing;
 mod archive_stage;
 mod common;
 mod consistency;

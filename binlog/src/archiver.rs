@@ -19,7 +19,7 @@ use mysql_async::binlog::BinlogVersion;
 use mysql_async::prelude::Queryable;
 use mysql_async::BinlogStreamRequest;
 use replseed_db::{DbError, Server};
-use replseed_stage::archive::{chain_breaks, SegmentManifest};
+use replseed_stage::archive::SegmentManifest;
 use replseed_stage::{Stage, StageError};
 use tracing::{debug, info, warn};
 
@@ -148,15 +148,16 @@ async fn resume_point(
     plan: &ArchivePlan,
 ) -> Result<(Option<SegmentManifest>, GtidState), ArchiveError> {
     let stage = &plan.stage;
-    let segments = stage.segments().await?;
-    let breaks = chain_breaks(&segments);
-    if !breaks.is_empty() {
-        return Err(ArchiveError::Archive {
-            url: stage.url().to_string(),
-            detail: format!("the segments do not form one chain: {}", breaks.join("; ")),
-        });
-    }
+    // Signatures and links checked: the archive is continued only from a
+    // segment it can vouch for.
+    let segments = stage.segment_chain().await?;
     if let Some(last) = segments.last() {
+        if last.signature.is_some() && !stage.has_key() {
+            return Err(ArchiveError::Archive {
+                url: stage.url().to_string(),
+                detail: format!("the archive is signed (segment {} is) and no stage key was given: set REPLSEED_STAGE_KEY or --stage-key-file to the key it was written with", last.seq),
+            });
+        }
         let state = GtidState::parse(&last.end_state).map_err(|e| ArchiveError::Archive {
             url: stage.url().to_string(),
             detail: format!("segment {}: {e}", last.seq),

@@ -4,7 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use replseed_stage::archive::{DomainRange, SegmentManifest, SEGMENT_FORMAT, SEGMENT_VERSION};
+use replseed_stage::archive::{
+    digest, segment_path, DomainRange, SegmentManifest, SEGMENT_FORMAT, SEGMENT_VERSION,
+};
+use replseed_stage::{Stage, StageError};
+use sha2::{Digest, Sha256};
 
 use crate::event::{self, RawEvent, MAGIC};
 use crate::gtid::{Gtid, GtidState};
@@ -144,7 +148,46 @@ impl SegmentBuilder {
             created_at: replseed_stage::now_rfc3339(),
             archiver: archiver.to_string(),
             source: source.to_string(),
+            prev_digest: prev.map(digest),
+            signature: None,
         };
         (self.buf, m)
     }
+}
+
+/// A segment's binlog file, from a manifest of [`Stage::segment_chain`]:
+/// the stored bytes are hashed as read (one compressed segment in memory),
+/// and those same bytes are decompressed, to at most the size the signed
+/// manifest states, and hashed again. Nothing of a segment that fails is
+/// returned.
+pub async fn read_verified(stage: &Stage, seg: &SegmentManifest) -> Result<Vec<u8>, StageError> {
+    let stored = stage.read_segment(seg).await?;
+    let (want, sha_raw) = (seg.bytes_raw, seg.sha256_raw.clone());
+    let key = segment_path(seg.seq);
+    tokio::task::spawn_blocking(move || {
+        let refused = |reason: String| StageError::SegmentRefused {
+            key: key.clone(),
+            reason,
+        };
+        let raw = zstd::bulk::decompress(&stored, want as usize)
+            .map_err(|e| refused(format!("it does not decompress to {want} bytes: {e}")))?;
+        if raw.len() as u64 != want {
+            return Err(refused(format!(
+                "it decompresses to {} bytes, its manifest says {want}",
+                raw.len()
+            )));
+        }
+        let sha = hex::encode(Sha256::digest(&raw));
+        if sha != sha_raw {
+            return Err(refused(format!(
+                "its binlog's SHA-256 is {sha}, its manifest says {sha_raw}"
+            )));
+        }
+        Ok(raw)
+    })
+    .await
+    .map_err(|e| StageError::SegmentRefused {
+        key: segment_path(seg.seq),
+        reason: format!("decompressing it failed ({e})"),
+    })?
 }

@@ -36,6 +36,7 @@ struct Sources {
     option_file: Option<(PathBuf, OptionFile)>,
     files: Vec<(&'static str, PathBuf)>,
     stage_key: Option<StageKey>,
+    allow_unsigned: bool,
 }
 
 static SOURCES: OnceLock<Sources> = OnceLock::new();
@@ -85,6 +86,7 @@ pub fn init(flags: &CredentialFlags) -> Result<()> {
         option_file,
         stage_key,
         files,
+        allow_unsigned: flags.allow_unsigned,
     });
     Ok(())
 }
@@ -167,11 +169,14 @@ pub fn replication_login(
 
 /// A stage from its URL, with the stage key (`REPLSEED_STAGE_KEY` or
 /// `--stage-key-file`) when one is set: manifests are then signed on
-/// publish and must be signed to be read.
-/// The stage must exist: commands that only read never create one.
+/// publish and must be signed to be read. Without a key, a signed manifest
+/// is refused unless `--allow-unsigned`. The stage must exist: commands
+/// that only read never create one.
 pub fn stage(url: &str) -> Result<Stage> {
-    let key = sources().stage_key.clone();
-    Ok(Stage::open(url)?.with_key(key))
+    let sources = sources();
+    Ok(Stage::open(url)?
+        .with_key(sources.stage_key.clone())
+        .allow_unsigned(sources.allow_unsigned))
 }
 
 /// [`stage`] for the commands that write one (extract, archive): a missing

@@ -186,6 +186,8 @@ mod tests {
             created_at: String::new(),
             archiver: String::new(),
             source: String::new(),
+            prev_digest: None,
+            signature: None,
         }
     }
 

@@ -60,6 +60,15 @@ pub enum StageError {
         /// Stage URL.
         url: String,
     },
+    /// A binlog archive segment that must not be replayed: its signature,
+    /// its place in the chain or its bytes do not match.
+    #[error("binlog archive segment `{key}`: {reason}; it is refused, and nothing from it or after it is replayed")]
+    SegmentRefused {
+        /// Object key (the segment's manifest or data).
+        key: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// No published snapshot with this id.
     #[error("no published snapshot `{id}` in {url}; `replseed snapshots list --stage {url}` shows what is there")]
     SnapshotNotFound {

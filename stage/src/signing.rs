@@ -44,40 +44,60 @@ impl StageKey {
         )))
     }
 
-    fn mac(&self, m: &Manifest) -> Hmac<Sha256> {
-        let mut unsigned = m.clone();
-        unsigned.signature = None;
-        let body = serde_json::to_vec(&unsigned).expect("manifest serializes");
+    /// The MAC of `body` under the key.
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose_secret().as_bytes())
             .expect("HMAC takes any key length");
-        mac.update(&body);
+        mac.update(body);
         mac
     }
 
-    /// Signs a manifest (sets its `signature`).
-    pub fn sign(&self, m: &mut Manifest) {
-        let tag = self.mac(m).finalize().into_bytes();
-        m.signature = Some(format!("{PREFIX}{}", hex::encode(tag)));
+    /// `hmac-sha256:<hex>` of `body`.
+    pub(crate) fn tag(&self, body: &[u8]) -> String {
+        format!(
+            "{PREFIX}{}",
+            hex::encode(self.mac(body).finalize().into_bytes())
+        )
     }
 
-    /// Checks a manifest's signature; the error names the manifest object.
-    pub fn verify(&self, m: &Manifest, key: &str) -> Result<(), StageError> {
-        let Some(sig) = &m.signature else {
-            return Err(StageError::BadSignature {
-                key: key.to_string(),
-                reason: "it is not signed, and a stage key is set: only signed snapshots load; extract with the same REPLSEED_STAGE_KEY".into(),
-            });
+    /// Checks `signature` (`hmac-sha256:<hex>`) of `body`; `Err` says what
+    /// is wrong, for a message naming the object.
+    pub(crate) fn check(&self, body: &[u8], signature: Option<&str>) -> Result<(), String> {
+        let Some(sig) = signature else {
+            return Err("it is not signed".into());
         };
         let tag = sig
             .strip_prefix(PREFIX)
             .and_then(|h| hex::decode(h).ok())
-            .ok_or_else(|| StageError::BadSignature {
-                key: key.to_string(),
-                reason: format!("the signature is not `{PREFIX}<hex>`"),
-            })?;
-        self.mac(m).verify_slice(&tag).map_err(|_| StageError::BadSignature {
-            key: key.to_string(),
-            reason: "the signature does not match: the manifest was changed, or signed with another key".into(),
+            .ok_or_else(|| format!("the signature is not `{PREFIX}<hex>`"))?;
+        self.mac(body).verify_slice(&tag).map_err(|_| {
+            "the signature does not match: it was changed, or signed with another key".to_string()
         })
     }
+
+    /// Signs a manifest (sets its `signature`).
+    pub fn sign(&self, m: &mut Manifest) {
+        m.signature = None;
+        m.signature = Some(self.tag(&signed_body(m)));
+    }
+
+    /// Checks a manifest's signature; the error names the manifest object.
+    pub fn verify(&self, m: &Manifest, key: &str) -> Result<(), StageError> {
+        self.check(&signed_body(m), m.signature.as_deref())
+            .map_err(|reason| StageError::BadSignature {
+                key: key.to_string(),
+                reason: if m.signature.is_none() {
+                    format!("{reason}, and a stage key is set: only signed snapshots load; extract with the same REPLSEED_STAGE_KEY")
+                } else {
+                    reason
+                },
+            })
+    }
+}
+
+/// What a manifest's signature covers: the manifest without its signature.
+fn signed_body(m: &Manifest) -> Vec<u8> {
+    let mut unsigned = m.clone();
+    unsigned.signature = None;
+    serde_json::to_vec(&unsigned).expect("manifest serializes")
 }

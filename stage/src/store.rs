@@ -34,6 +34,8 @@ pub struct Stage {
     url: String,
     local_root: Option<PathBuf>,
     key: Option<crate::signing::StageKey>,
+    /// Read signed manifests without a key (unverified, with a warning).
+    allow_unsigned: bool,
     /// Aborts of unfinished uploads, spawned when a chunk writer is dropped.
     aborts: Aborts,
 }
@@ -175,6 +177,7 @@ impl Stage {
                     root: prefix,
                     local_root: None,
                     key: None,
+                    allow_unsigned: false,
                     aborts: Aborts::default(),
                 })
             }
@@ -224,6 +227,7 @@ impl Stage {
             url: format!("file://{}", dir.display()),
             local_root: Some(dir),
             key: None,
+            allow_unsigned: false,
             aborts: Aborts::default(),
         })
     }
@@ -233,6 +237,40 @@ impl Stage {
     pub fn with_key(mut self, key: Option<crate::signing::StageKey>) -> Stage {
         self.key = key;
         self
+    }
+
+    /// The same stage read without a key even where manifests are signed
+    /// (`--allow-unsigned`): they are then used unverified, with a warning.
+    /// Without it, a keyless reader refuses a signed manifest.
+    pub fn allow_unsigned(mut self, allow: bool) -> Stage {
+        self.allow_unsigned = allow;
+        self
+    }
+
+    /// Whether a stage key was given (what is published is signed).
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The stage key, if one was given.
+    pub(crate) fn key(&self) -> Option<&crate::signing::StageKey> {
+        self.key.as_ref()
+    }
+
+    /// A signed object (`key`, part of `what`) read without a stage key:
+    /// refused, or with `--allow-unsigned` used unverified (warned once).
+    pub(crate) fn unverified(&self, key: &str, what: &str) -> Result<(), StageError> {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !self.allow_unsigned {
+            return Err(StageError::BadSignature {
+                key: key.to_string(),
+                reason: format!("the {what} in {} is signed and no stage key was given: set REPLSEED_STAGE_KEY or --stage-key-file to verify it, or pass --allow-unsigned to use it unverified", self.url),
+            });
+        }
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(key, "the {what} in {} is signed but no stage key was given: using it UNVERIFIED (--allow-unsigned)", self.url);
+        }
+        Ok(())
     }
 
     /// The canonical URL of the stage.
@@ -386,8 +424,10 @@ impl Stage {
                 reason: format!("it names snapshot `{}`", m.snapshot),
             });
         }
-        if let Some(k) = &self.key {
-            k.verify(&m, &key)?;
+        match &self.key {
+            Some(k) => k.verify(&m, &key)?,
+            None if m.signature.is_some() => self.unverified(&key, "snapshot")?,
+            None => {}
         }
         Ok(m)
     }
@@ -615,9 +655,11 @@ impl Stage {
         }
     }
 
-    /// Reads a chunk's bytes into a local file, checking size and SHA-256
-    /// against the manifest. For a `file://` stage the file is used in place
-    /// after it is hashed.
+    /// Reads a chunk's bytes into a private file in `spool`, hashing them on
+    /// the way, and checks size and SHA-256 against the manifest: the file
+    /// returned holds exactly the bytes hashed. A `file://` stage's chunk is
+    /// copied too, not used in place: whoever can write to the stage could
+    /// change it between the hash and the load.
     pub async fn fetch_chunk(
         &self,
         chunk: &Chunk,
@@ -640,29 +682,37 @@ impl Stage {
             },
         }
         };
+        let tmp = tempfile::Builder::new()
+            .prefix("replseed-chunk-")
+            .suffix(".parquet")
+            .tempfile_in(spool)
+            .map_err(|e| io("creating spool file", e))?;
+        let spooled = tmp.reopen().map_err(|e| io("opening spool file", e))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        let local = if let Some(root) = &self.local_root {
+        if let Some(root) = &self.local_root {
             let path = root.join(&chunk.path);
-            let p2 = path.clone();
             let (h, n) = tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
-                use std::io::Read;
-                let mut f = std::fs::File::open(&p2)?;
+                use std::io::{Read, Write};
+                let mut f = std::fs::File::open(&path)?;
+                let mut out = spooled;
                 let mut h = Sha256::new();
                 let mut n = 0u64;
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = vec![0u8; 256 << 10];
                 loop {
                     let r = f.read(&mut buf)?;
                     if r == 0 {
                         break;
                     }
                     h.update(&buf[..r]);
+                    out.write_all(&buf[..r])?;
                     n += r as u64;
                 }
+                out.flush()?;
                 Ok((h, n))
             })
             .await
-            .expect("hash task")
+            .expect("copy task")
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     StageError::ChunkCorrupt {
@@ -670,20 +720,13 @@ impl Stage {
                         reason: "the file is missing".into(),
                     }
                 } else {
-                    io("reading", e)
+                    io("copying", e)
                 }
             })?;
             hasher = h;
             size = n;
-            LocalChunk { path, _tmp: None }
         } else {
-            let tmp = tempfile::Builder::new()
-                .prefix("replseed-chunk-")
-                .suffix(".parquet")
-                .tempfile_in(spool)
-                .map_err(|e| io("creating spool file", e))?;
-            let mut file =
-                tokio::fs::File::from_std(tmp.reopen().map_err(|e| io("opening spool file", e))?);
+            let mut file = tokio::fs::File::from_std(spooled);
             let obj = self.object_path(&chunk.path);
             let got = match self.store.get(&obj).await {
                 Ok(g) => g,
@@ -708,10 +751,10 @@ impl Stage {
             file.flush()
                 .await
                 .map_err(|e| io("writing spool file", e))?;
-            LocalChunk {
-                path: tmp.path().to_path_buf(),
-                _tmp: Some(tmp),
-            }
+        }
+        let local = LocalChunk {
+            path: tmp.path().to_path_buf(),
+            _tmp: tmp,
         };
         if size != chunk.bytes {
             return Err(StageError::ChunkCorrupt {
@@ -870,12 +913,12 @@ impl ChunkRows {
     }
 }
 
-/// A chunk available as a local file (deleted on drop when it was downloaded).
+/// A chunk copied into the spool directory (deleted on drop).
 #[derive(Debug)]
 pub struct LocalChunk {
     /// Path of the Parquet file.
     pub path: PathBuf,
-    _tmp: Option<tempfile::NamedTempFile>,
+    _tmp: tempfile::NamedTempFile,
 }
 
 /// Parquet settings for chunks.

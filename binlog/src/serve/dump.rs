@@ -38,6 +38,16 @@ fn state(s: &str) -> GtidState {
     GtidState::parse(s).unwrap_or_default()
 }
 
+/// Whether a stage error means the archive must not be served (a signature,
+/// a link of the chain or a manifest is wrong), not that reading it failed.
+fn refused(e: &replseed_stage::StageError) -> bool {
+    use replseed_stage::StageError as E;
+    matches!(
+        e,
+        E::SegmentRefused { .. } | E::BadSignature { .. } | E::BadManifest { .. }
+    )
+}
+
 /// Where the replica is in one domain of the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DomainStart {
@@ -174,11 +184,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             )
             .await;
     }
-    let segments = match shared.stage.segments().await {
+    let segments = match shared.stage.segment_chain().await {
         Ok(s) => s,
         Err(e) => {
-            warn!("cannot list the archive: {e}");
-            return pk.err(1105, "HY000", &format!("replseed serve: {e}")).await;
+            warn!("cannot serve the archive: {e}");
+            let code = if refused(&e) { 1236 } else { 1105 };
+            return pk.err(code, "HY000", &format!("replseed serve: {e}")).await;
         }
     };
     let skip = match find_start(shared, &segments, &want).await {
@@ -229,8 +240,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
         // At the head: new segments, or a heartbeat.
         tokio::time::sleep(shared.poll).await;
         let next_seq = last.as_ref().map_or(first, |l| l.seq + 1);
-        match shared.stage.segments().await {
+        match shared.stage.segment_chain().await {
             Ok(all) => pending = all.into_iter().filter(|m| m.seq >= next_seq).collect(),
+            Err(e) if refused(&e) => {
+                warn!("stopping a replica: {e}");
+                return pk.err(1236, "HY000", &format!("replseed serve: {e}")).await;
+            }
             Err(e) => debug!("listing the archive: {e}"),
         }
         if pending.is_empty()
@@ -326,39 +341,15 @@ async fn scan(
 async fn load(shared: &Shared, seg: &SegmentManifest) -> Result<(Vec<RawEvent>, bool), String> {
     let key = replseed_stage::archive::segment_path(seg.seq);
     let damaged = |m: &str| format!("replseed serve: segment {key} is damaged: {m}");
-    let stored = shared
-        .stage
-        .read_segment(seg)
+    // Hashed as stored, decompressed no further than the signed manifest's
+    // size and hashed again: a short, overlong or altered segment is
+    // refused before any of it is sent, and memory stays within it.
+    let raw = crate::segment::read_verified(&shared.stage, seg)
         .await
-        .map_err(|e| format!("replseed serve: {e}"))?;
-    // Decompressed no further than the manifest's size: a short or
-    // overlong segment is refused, and memory stays within it.
-    let want = seg.bytes_raw;
-    let raw = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut raw = Vec::new();
-        zstd::stream::read::Decoder::new(&stored[..])?
-            .take(want.saturating_add(1))
-            .read_to_end(&mut raw)?;
-        Ok(raw)
-    })
-    .await;
-    let raw = match raw {
-        Ok(Ok(r)) if r.len() as u64 == want => r,
-        Ok(Ok(r)) => {
-            return Err(damaged(&format!(
-                "it decompresses to {}{} bytes, the manifest says {want}",
-                r.len(),
-                if r.len() as u64 > want {
-                    " or more"
-                } else {
-                    ""
-                }
-            )))
-        }
-        Ok(Err(e)) => return Err(damaged(&format!("it does not decompress ({e})"))),
-        Err(e) => return Err(damaged(&format!("decompressing it failed ({e})"))),
-    };
+        .map_err(|e| {
+            warn!("stopping a replica: {e}");
+            format!("replseed serve: {e}")
+        })?;
     let mut crc = false;
     let evs = events(&raw, &mut crc).map_err(|m| damaged(&m))?;
     // The segment's own header: its format description and GTID list.
