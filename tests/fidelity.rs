@@ -422,5 +422,11 @@ async fn a_subset_replica_replicates_its_databases_and_reports_a_lost_filter() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("replication filter"));
+    // verify's differences are a report, on stdout; its error on stderr.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("replication filter"), "{said}");
 }

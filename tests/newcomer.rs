@@ -16,10 +16,6 @@ fn missing_stage() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, typo)
 }
 
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_commands_never_create_a_stage() {
     let (_guard, typo) = missing_stage();
@@ -39,8 +35,14 @@ async fn read_only_commands_never_create_a_stage() {
             ],
             vec!["serve", "--stage", s, "--listen", "127.0.0.1:0"],
         ];
+        // serve refuses to start without a replication password (exit 2)
+        // before it looks at the stage: give it one.
+        let env = [(
+            "REPLSEED_REPLICATION_PASSWORD".to_string(),
+            "pw".to_string(),
+        )];
         for args in commands {
-            let err = replseed_fails(&args, &[], 1).await;
+            let err = replseed_fails(&args, &env, 1).await;
             let errors = error_lines(&err);
             assert_eq!(errors.len(), 1, "{args:?}: one error line:\n{err}");
             assert!(

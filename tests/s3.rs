@@ -80,12 +80,14 @@ async fn all_types_round_trip_through_s3() {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0xFF;
         std::fs::write(&file, &bytes).unwrap();
-        let err = replseed_fails(
-            &["snapshots", "verify", "s3snap", "--stage", &stage],
-            &env,
-            4,
-        )
-        .await;
+        // The report (the bad chunk's line) is on stdout, the error on stderr.
+        let out = replseed(&["snapshots", "verify", "s3snap", "--stage", &stage], &env).await;
+        assert_eq!(out.status.code(), Some(4));
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
             err.contains(&first_chunk),
             "verify did not name the chunk:\n{err}"

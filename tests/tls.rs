@@ -222,7 +222,7 @@ async fn an_ed25519_account_connects() {
         err.contains("plugin `dialog`") || err.contains("plugin `pam"),
         "{err}"
     );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,7 +365,7 @@ async fn passwords_come_from_files_and_the_environment_and_never_show() {
             &stage,
         ],
         &[],
-        1,
+        2,
     )
     .await;
     assert!(!err.contains("Bad-Pw5"), "{err}");

@@ -97,8 +97,7 @@ fn produce(
     path: PathBuf,
     table: Table,
     key: String,
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    sending: &Sending,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<(Bytes, u64)>>,
 ) -> Result<Produced, String> {
     let file =
         std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
@@ -125,18 +124,19 @@ fn produce(
             from = to;
             if buf.len() >= PIECE {
                 let piece = Bytes::from(std::mem::replace(&mut buf, Vec::with_capacity(PIECE_BUF)));
-                if tx.blocking_send(Ok(piece)).is_err() {
+                if tx
+                    .blocking_send(Ok((piece, std::mem::take(&mut in_buf))))
+                    .is_err()
+                {
                     return Err(STOPPED.into());
                 }
-                sending.add(std::mem::take(&mut in_buf));
             }
         }
         rows += n as u64;
     }
-    if !buf.is_empty() && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+    if !buf.is_empty() && tx.blocking_send(Ok((Bytes::from(buf), in_buf))).is_err() {
         return Err(STOPPED.into());
     }
-    sending.add(in_buf);
     Ok(Produced {
         rows,
         invalid_enums,
@@ -217,7 +217,10 @@ pub async fn load_chunk(
         }
     }
     let path = file.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    // Each piece travels with its row count, counted as sent when the
+    // target reads it (not when it is queued: a small chunk's pieces all
+    // fit in the queue at once).
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<(Bytes, u64)>>(4);
     let t2 = table.clone();
     let key = chunk.path.clone();
     // Held until the chunk ends: its rows stay counted until then.
@@ -228,19 +231,23 @@ pub async fn load_chunk(
     let sent = sending.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let txe = tx.clone();
-        let r = produce(file, t2, key, tx, &sent);
+        let r = produce(file, t2, key, tx);
         if let Err(e) = &r {
             let _ = txe.blocking_send(Err(std::io::Error::other(e.clone())));
         }
         r
     });
     conn.set_infile_handler(async move {
-        let stream = futures::stream::unfold((rx, rate), |(mut rx, rate)| async move {
+        let stream = futures::stream::unfold((rx, rate, sent), |(mut rx, rate, sent)| async move {
             let piece = rx.recv().await?;
-            if let (Some(r), Ok(b)) = (&rate, &piece) {
+            if let (Some(r), Ok((b, _))) = (&rate, &piece) {
                 r.take(b.len() as u64).await;
             }
-            Some((piece, (rx, rate)))
+            let piece = piece.map(|(b, rows)| {
+                sent.add(rows);
+                b
+            });
+            Some((piece, (rx, rate, sent)))
         });
         Ok(stream.boxed())
     });

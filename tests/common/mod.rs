@@ -72,6 +72,12 @@ pub async fn snapshot_ids(stage: &str, env: &[(String, String)]) -> Vec<String> 
 }
 
 /// Runs replseed, asserts failure with `code`, returns stderr.
+/// The error lines of a run's stderr (log lines, such as the warning that
+/// a password was given on the command line, left out).
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("error")).collect()
+}
+
 pub async fn replseed_fails(args: &[&str], env: &[(String, String)], code: i32) -> String {
     let out = replseed(args, env).await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
