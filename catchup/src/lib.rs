@@ -383,6 +383,25 @@ pub(crate) enum Stalled {
     Io(String),
 }
 
+impl Stalled {
+    /// The error a wait ends with when the replica `tgt` stalled so. A
+    /// 1236 (`Fatal`) means a position the source lacks: each wait names
+    /// what is missing itself, so it is reported here only as the IO
+    /// thread's text.
+    pub(crate) fn into_error(self, tgt: &Server) -> CatchupError {
+        let detail = match self {
+            Stalled::Io(detail) | Stalled::Fatal(detail) => {
+                format!("IO thread cannot read from the master {detail}")
+            }
+            Stalled::Sql(detail) => detail,
+        };
+        CatchupError::Replication {
+            server: tgt.name(),
+            detail,
+        }
+    }
+}
+
 /// Whether replication has stalled. `io_down_since` keeps how long the IO
 /// thread has been failing: a reconnect is given 30 s before it counts.
 pub(crate) fn stalled(
@@ -609,18 +628,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
                     detail: format!("the replica's IO thread reports: {io_err}"),
                 })
             }
-            Some(Stalled::Io(detail)) => {
-                return Err(CatchupError::Replication {
-                    server: tgt.name(),
-                    detail: format!("IO thread cannot read from the master {detail}"),
-                })
-            }
-            Some(Stalled::Sql(detail)) => {
-                return Err(CatchupError::Replication {
-                    server: tgt.name(),
-                    detail,
-                })
-            }
+            Some(other) => return Err(other.into_error(tgt)),
         }
         let behind = get("Seconds_Behind_Master");
         progress.behind.store(
@@ -811,18 +819,7 @@ async fn taken(replica: &mut Conn, tgt: &Server) -> Result<Result<(), String>, C
         match stalled(&st, &mut io_down_since) {
             None => {}
             Some(Stalled::Fatal(e)) => return Ok(Err(e)),
-            Some(Stalled::Io(detail)) => {
-                return Err(CatchupError::Replication {
-                    server: tgt.name(),
-                    detail: format!("IO thread cannot read from the master {detail}"),
-                })
-            }
-            Some(Stalled::Sql(detail)) => {
-                return Err(CatchupError::Replication {
-                    server: tgt.name(),
-                    detail,
-                })
-            }
+            Some(other) => return Err(other.into_error(tgt)),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
