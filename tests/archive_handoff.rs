@@ -158,6 +158,34 @@ async fn dump_idle(m: &MariaDb, others: &str) {
     }
 }
 
+/// Waits until the archiver `a` (run with archiver=debug) logs that it
+/// has taken `gtid` into its open segment; its stderr is drained after.
+async fn taken(a: &mut tokio::process::Child, gtid: &str) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(a.stderr.take().expect("piped stderr")).lines();
+    let wanted = format!("gtid={gtid}");
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut log = String::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("taken into the open segment")
+                && line.split_whitespace().any(|w| w == wanted)
+            {
+                return Ok(());
+            }
+        }
+        Err(log)
+    })
+    .await;
+    match seen {
+        Ok(Ok(())) => {}
+        Ok(Err(log)) => panic!("the archiver ended before taking {gtid}:\n{log}"),
+        Err(_) => panic!("the archiver did not take {gtid} within 60 s"),
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
 /// Rows the master writes into a.t (ids from `from`).
 async fn writes(m: &MariaDb, from: u32) {
     exec(
@@ -229,12 +257,18 @@ async fn a_purge_on_the_master_during_a_long_archive_replay_is_recovered() {
             &stage,
             "--segment-secs",
             "3600",
+            "--log",
+            "info,replseed_binlog::archiver=debug",
         ],
         &[],
     );
     writes(&m, 30_000).await;
     let goal = scalar(&m, "SELECT @@gtid_binlog_pos").await;
     dump_idle(&m, &others).await;
+    // The master's dump thread having sent everything is not the archiver
+    // having read it (it may sit in the socket): wait for the archiver to
+    // say it holds the goal's transaction.
+    taken(&mut archiver, &goal).await;
     let pid = archiver.id().unwrap().to_string();
     signal("-STOP", &pid);
     purge_all(&m).await;

@@ -529,6 +529,7 @@ async fn follow(run: &mut Run) -> Result<(), ArchiveError> {
             .open
             .get_or_insert_with(|| SegmentBuilder::new(fd, start, fd.server_id(), &file));
         seg.push(gtid, &events);
+        debug!(%gtid, "taken into the open segment");
         run.last_event_time = events[0].timestamp();
         run.state = seg.end().clone();
         if seg.len() >= run.plan.segment_bytes || seg.age() >= run.plan.segment_age {
