@@ -14,7 +14,7 @@ use replseed_db::accounts::{self, Account, AccountSet, Step};
 use replseed_db::{rows, text, Server};
 
 use crate::bookkeeping::{set_state, ObjKey, States};
-use crate::preflight::Conflict;
+use crate::conflict::Conflict;
 use crate::{LoadError, LoadPlan};
 
 /// The bookkeeping key of an account.

@@ -34,6 +34,7 @@
 mod accounts;
 mod bookkeeping;
 pub mod chunks;
+mod conflict;
 pub mod ddl;
 pub mod encode;
 mod objects;
@@ -51,7 +52,8 @@ use replseed_stage::manifest::Manifest;
 use replseed_stage::{SnapshotEvent, Stage, StageError};
 use tracing::{info, warn};
 
-pub use preflight::{preflight, Conflict};
+pub use conflict::Conflict;
+pub use preflight::preflight;
 pub use session::session;
 
 /// Everything that can stop a load.

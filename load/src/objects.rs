@@ -13,8 +13,8 @@ use replseed_stage::manifest::{Database, Manifest, Object, Table};
 use tracing::{debug, info, warn};
 
 use crate::bookkeeping::{self, set_state, ObjKey, States};
+use crate::conflict::Conflict;
 use crate::ddl;
-use crate::preflight::Conflict;
 use crate::session::SQL_MODE;
 use crate::LoadError;
 

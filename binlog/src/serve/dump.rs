@@ -22,7 +22,7 @@ use replseed_stage::archive::{chain_breaks, SegmentManifest};
 use tracing::{debug, info, warn};
 
 use super::packet::Packets;
-use super::session::{requested_state, Requested};
+use super::request::{requested_state, Requested};
 use super::Shared;
 use crate::event::{self, types, RawEvent, HEADER_LEN, MAGIC};
 use crate::gtid::{Gtid, GtidState};

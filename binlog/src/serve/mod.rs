@@ -21,6 +21,7 @@
 mod dump;
 mod limits;
 mod packet;
+mod request;
 mod session;
 
 pub use limits::{Limits, MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};

@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 use super::dump;
 use super::limits::{MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
 use super::packet::{get_lenenc_int, is_too_large, Packets};
+use super::request::Requested;
 use super::Shared;
-use crate::gtid::GtidState;
 
 /// The version a 10.11 replica needs to see to use GTIDs (`5.5.5-` is
 /// stripped by the client, the major version must be 10 or more).
@@ -31,23 +31,6 @@ const CAPS: u32 = 0x1 // LONG_PASSWORD
     | 0x8_0000 // PLUGIN_AUTH
     | 0x10_0000 // CONNECT_ATTRS
     | 0x20_0000; // PLUGIN_AUTH_LENENC_CLIENT_DATA
-
-/// What the replica told the session before asking for the dump.
-#[derive(Debug, Default)]
-pub struct Requested {
-    /// `@slave_connect_state`.
-    pub connect_state: Option<String>,
-    /// `@mariadb_slave_capability`.
-    pub capability: u32,
-    /// `@master_heartbeat_period`, in nanoseconds.
-    pub heartbeat_ns: u64,
-    /// `@slave_gtid_strict_mode`.
-    pub strict: bool,
-    /// `SET skip_replication=1`: events flagged to skip are not sent.
-    pub skip_replication: bool,
-    /// The replica's server_id from `COM_REGISTER_SLAVE`.
-    pub replica_id: u32,
-}
 
 fn scramble() -> std::io::Result<[u8; 20]> {
     let mut s = [0u8; 20];
@@ -367,14 +350,6 @@ async fn query(
         ),
     )
     .await
-}
-
-/// Parses the requested state, for `dump.rs`.
-pub fn requested_state(req: &Requested) -> Result<GtidState, String> {
-    match &req.connect_state {
-        Some(s) => GtidState::parse(s),
-        None => Err("replseed serve serves GTID replication only: use CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos".into()),
-    }
 }
 
 #[cfg(test)]
