@@ -405,17 +405,23 @@ pub async fn still_replicating(m: &MariaDb, t: &MariaDb, sql: &str) {
     exec(m, sql).await;
     let goal = scalar(m, "SELECT @@gtid_binlog_pos").await;
     let reached = scalar(t, &format!("SELECT MASTER_GTID_WAIT('{goal}', 60)")).await;
-    assert_eq!(reached, "0", "replica did not reach {goal}");
-    let io_sql = {
+    let (io, sql, io_error, sql_error) = {
         let mut c = t.conn().await.unwrap();
         let r: Vec<mysql_async::Row> = c.query("SHOW SLAVE STATUS").await.unwrap();
         let r = &r[0];
         (
             r.get::<String, _>("Slave_IO_Running").unwrap(),
             r.get::<String, _>("Slave_SQL_Running").unwrap(),
+            r.get::<String, _>("Last_IO_Error").unwrap(),
+            r.get::<String, _>("Last_SQL_Error").unwrap(),
         )
     };
-    assert_eq!(io_sql, ("Yes".into(), "Yes".into()));
+    assert_eq!(
+        (reached.as_str(), io.as_str(), sql.as_str()),
+        ("0", "Yes", "Yes"),
+        "replica did not reach {goal} replicating (MASTER_GTID_WAIT, IO, SQL thread); \
+         Last_IO_Error: {io_error}; Last_SQL_Error: {sql_error}"
+    );
 }
 
 /// `provision --source M --target T --stage STAGE EXTRA...`
