@@ -34,6 +34,8 @@ async fn read_only_commands_never_create_a_stage() {
                 "catchup", "--stage", s, "--source", &dead, "--target", &dead,
             ],
             vec!["serve", "--stage", s, "--listen", "127.0.0.1:0"],
+            // archive writes, but only into a stage that holds a snapshot.
+            vec!["archive", "--source", &dead, "--stage", s],
         ];
         // serve refuses to start without a replication password (exit 2)
         // before it looks at the stage: give it one.

@@ -22,7 +22,9 @@ pub async fn run(a: ArchiveArgs) -> Result<ExitCode> {
     }
     let plan = ArchivePlan {
         source: credentials::server("source", &a.source)?,
-        stage: credentials::writable_stage(&a.stage.stage)?,
+        // It starts from a snapshot already staged, or from the archive:
+        // a stage that does not exist is an error, not a new empty folder.
+        stage: credentials::stage(&a.stage.stage)?,
         server_id: a.server_id,
         until_current: a.until_current,
         segment_bytes: (a.segment_mb as usize) << 20,
@@ -76,6 +78,8 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
         );
     }
     let plan = replseed_binlog::serve::ServePlan {
+        // It starts from a snapshot already staged, or from the archive:
+        // a stage that does not exist is an error, not a new empty folder.
         stage: credentials::stage(&a.stage.stage)?,
         server_id: a.server_id,
         user: a.replication_user,
