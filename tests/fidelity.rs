@@ -370,29 +370,56 @@ async fn a_subset_replica_replicates_its_databases_and_reports_a_lost_filter() {
         &m,
         "CREATE DATABASE keep_1; CREATE TABLE keep_1.t (id INT PRIMARY KEY, v INT); \
          CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY, v INT); \
-         INSERT INTO keep_1.t VALUES (1, 1); INSERT INTO other.t VALUES (1, 1);",
+         INSERT INTO keep_1.t VALUES (1, 1); INSERT INTO other.t VALUES (1, 1); \
+         CREATE PROCEDURE other.old() SELECT 1; CREATE VIEW other.w AS SELECT 2 AS two;",
     )
     .await;
     let t = replica(2).await;
     let (_d, stage) = local_stage();
     let j = provision_ok(&m, &t, &stage, &["--databases", "keep_1"]).await;
     assert_eq!(j["ok"], true, "{j}");
+    // `other` is there with its routines and no table or view, so that
+    // statements about its routines apply (catchup's filters.rs).
     assert_eq!(
         scalar(
             &t,
-            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='other'"
+            "SELECT CONCAT((SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='other'), ',', \
+             (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='other'), ',', \
+             (SELECT GROUP_CONCAT(ROUTINE_NAME) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='other'))"
         )
         .await,
-        "0"
+        "1,0,old"
     );
     // Writes inside and outside the subset, DDL included, with any default database.
     exec(
         &m,
         "USE keep_1; INSERT INTO other.t VALUES (2, 2); UPDATE other.t SET v = 3; \
          INSERT INTO keep_1.t VALUES (2, 2); USE other; INSERT INTO keep_1.t VALUES (3, 3); \
-         CREATE TABLE other.t2 (id INT); ALTER TABLE keep_1.t ADD COLUMN w INT; DROP DATABASE other;",
+         CREATE TABLE other.t2 (id INT); ALTER TABLE keep_1.t ADD COLUMN w INT; \
+         CREATE PROCEDURE other.p() SELECT 1; CREATE FUNCTION other.f() RETURNS INT DETERMINISTIC RETURN 1; \
+         CREATE EVENT other.e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1; \
+         CREATE VIEW other.v AS SELECT 1 AS one; CREATE TRIGGER other.tr BEFORE INSERT ON other.t FOR EACH ROW SET NEW.v = 9; \
+         ALTER DATABASE other CHARACTER SET latin1; CREATE DATABASE other_2; \
+         USE keep_1; ALTER PROCEDURE other.p COMMENT 'x'; DROP PROCEDURE other.p; DROP FUNCTION other.f; \
+         DROP PROCEDURE other.old; CREATE PROCEDURE other_2.p() SELECT 2; CREATE TABLE other_2.t (id INT); \
+         DROP EVENT other.e;",
     )
     .await;
+    still_replicating(&m, &t, "DO 1").await;
+    // Tables, views and triggers outside the subset stay out; routines and
+    // databases follow the master's.
+    assert_eq!(
+        scalar(
+            &t,
+            "SELECT CONCAT((SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA LIKE 'other%'), ',', \
+             (SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA LIKE 'other%'), ',', \
+             (SELECT GROUP_CONCAT(CONCAT(ROUTINE_SCHEMA, '.', ROUTINE_NAME) ORDER BY 1) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA LIKE 'other%'), ',', \
+             (SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='other'))"
+        )
+        .await,
+        "0,0,other_2.p,latin1"
+    );
+    exec(&m, "DROP DATABASE other; DROP DATABASE other_2;").await;
     still_replicating(&m, &t, "INSERT INTO keep_1.t VALUES (4, 4, 4)").await;
     assert_identical(&m, &t, &["keep_1"]).await;
     let v = replseed(&verify_args(&m.url(), &t.url()), &[]).await;

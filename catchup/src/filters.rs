@@ -25,6 +25,19 @@
 //!   table and reach the replica whatever the database.
 //!
 //! The subset replica then holds what `AccountSet::on_subset` describes.
+//!
+//! Statements about routines and events (`CREATE/ALTER/DROP PROCEDURE`,
+//! `FUNCTION`, `EVENT`) name no table, so no table pattern filters them,
+//! and `replicate_do_db` would go by the session's default database, which
+//! is not the routine's (`USE keep; CREATE PROCEDURE other.p` is logged
+//! with `keep`). They run on every replica, and one about a database the
+//! replica lacks stops it (ERROR 1049). So a subset replica holds every
+//! database of the master with its routines and events and no table
+//! ([`Database::outside_subset`](replseed_stage::manifest::Database)), and
+//! the filter ends with `%.`: a replica checks `CREATE/ALTER/DROP
+//! DATABASE d` against the patterns as `d.` (`Rpl_filter::db_ok_with_wild_table`),
+//! which `%.` matches and no table `d.t` does, so databases created later
+//! reach it too. Views and triggers name a table and stay filtered.
 
 use mysql_async::Conn;
 use replseed_db::{exec, first, text, DbError, Server};
@@ -32,6 +45,12 @@ use replseed_stage::manifest::Manifest;
 
 /// The pattern that lets account statements through (see the module doc).
 const ACCOUNTS_PATTERN: &str = "mysql.%";
+
+/// The pattern that lets every database's own statements through and no
+/// table: a replica matches `CREATE/ALTER/DROP DATABASE d` against the
+/// patterns as the string `d.`, which `%.` matches, while a table `d.t`
+/// needs something after the dot (see the module doc).
+const DATABASES_PATTERN: &str = "%.";
 
 /// The `replicate_wild_do_table` value a replica of `m` needs, if `m` is a
 /// subset: its databases, and the privilege tables when the snapshot has
@@ -59,6 +78,7 @@ pub fn wild_do_table(m: &Manifest) -> Result<Option<String>, String> {
     if m.accounts.is_some() {
         patterns.push(ACCOUNTS_PATTERN.into());
     }
+    patterns.push(DATABASES_PATTERN.into());
     Ok(Some(patterns.join(",")))
 }
 

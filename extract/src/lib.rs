@@ -515,14 +515,8 @@ async fn run_inner(
 
     // Schema under the DDL lock.
     progress.set_phase("reading schema");
-    let dbs = schema::databases(&mut control, server, plan.databases.as_deref()).await?;
-    let mut databases = Vec::new();
-    let mut tables = Vec::new();
-    for db in &dbs {
-        let (d, t) = schema::database(&mut control, server, db).await?;
-        databases.push(d);
-        tables.extend(t);
-    }
+    let (mut databases, tables) =
+        schema::read_all(&mut control, server, plan.databases.as_deref()).await?;
     let non_transactional: Vec<String> = tables
         .iter()
         .filter(|t| !t.table.transactional)
@@ -739,13 +733,8 @@ pub async fn preview(
         ])
         .await?;
     let source = preflight(&mut conn, server).await?;
-    let mut databases = Vec::new();
-    let mut tables = Vec::new();
-    for db in schema::databases(&mut conn, server, plan.databases.as_deref()).await? {
-        let (d, t) = schema::database(&mut conn, server, &db).await?;
-        databases.push(d);
-        tables.extend(t);
-    }
+    let (mut databases, tables) =
+        schema::read_all(&mut conn, server, plan.databases.as_deref()).await?;
     let accounts = if plan.accounts {
         Some(accounts::read(&mut conn, server).await?)
     } else {

@@ -94,6 +94,37 @@ pub async fn databases(
     }
 }
 
+/// Reads the databases to copy with every object, and, for a subset
+/// (`wanted`), the other databases' definitions with their routines and
+/// events only ([`Database::outside_subset`]).
+pub async fn read_all(
+    conn: &mut Conn,
+    server: &Server,
+    wanted: Option<&[String]>,
+) -> Result<(Vec<Database>, Vec<TablePlan>), ExtractError> {
+    let mut out = Vec::new();
+    let mut tables = Vec::new();
+    let dbs = databases(conn, server, wanted).await?;
+    for db in &dbs {
+        let (d, t) = database(conn, server, db).await?;
+        out.push(d);
+        tables.extend(t);
+    }
+    if wanted.is_some() {
+        for db in databases(conn, server, None).await.unwrap_or_default() {
+            if dbs.contains(&db) {
+                continue;
+            }
+            let mut d = definition(conn, server, &db).await?;
+            d.routines = objects::routines(conn, server, &db).await?;
+            d.events = objects::events(conn, server, &db).await?;
+            d.outside_subset = true;
+            out.push(d);
+        }
+    }
+    Ok((out, tables))
+}
+
 /// Reads every object of one database: its definition, then its tables,
 /// views and sequences (in name order), triggers, routines and events.
 pub async fn database(
@@ -171,5 +202,6 @@ async fn definition(conn: &mut Conn, server: &Server, db: &str) -> Result<Databa
         triggers: Vec::new(),
         routines: Vec::new(),
         events: Vec::new(),
+        outside_subset: false,
     })
 }

@@ -362,6 +362,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                         "triggers": d.triggers.len(),
                         "routines": d.routines.len(),
                         "events": d.events.len(),
+                        "outside_subset": d.outside_subset,
                     })).collect::<Vec<_>>(),
                     "tables": tables,
                 }));
@@ -394,8 +395,9 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 );
                 for d in &m.databases {
                     println!(
-                        "database {}: {} tables, {} views, {} sequences, {} triggers, {} routines, {} events",
-                        d.name, d.tables.len(), d.views.len(), d.sequences.len(), d.triggers.len(), d.routines.len(), d.events.len()
+                        "database {}: {} tables, {} views, {} sequences, {} triggers, {} routines, {} events{}",
+                        d.name, d.tables.len(), d.views.len(), d.sequences.len(), d.triggers.len(), d.routines.len(), d.events.len(),
+                        if d.outside_subset { " (outside the subset)" } else { "" }
                     );
                     for t in &d.tables {
                         println!(

@@ -186,6 +186,13 @@ pub struct Database {
     pub routines: Vec<Object>,
     /// Events.
     pub events: Vec<Object>,
+    /// A database outside a subset (`--databases`): only its definition,
+    /// routines and events are staged, no tables, views, triggers or
+    /// sequences. A subset replica holds it so that the statements the
+    /// master logs about its routines, events and itself apply: MariaDB's
+    /// table filters pass them by (see catchup's `filters.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_subset: bool,
 }
 
 /// A schema object created from its DDL.
