@@ -160,7 +160,7 @@ async fn dump_idle(m: &MariaDb, others: &str) {
 
 /// Waits until the archiver `a` (run with archiver=debug) logs that it
 /// has taken `gtid` into its open segment; its stderr is drained after.
-async fn taken(a: &mut tokio::process::Child, gtid: &str) {
+async fn taken(a: &mut tokio::process::Child, gtid: &str) -> tokio::task::JoinHandle<String> {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(a.stderr.take().expect("piped stderr")).lines();
     let wanted = format!("gtid={gtid}");
@@ -183,7 +183,14 @@ async fn taken(a: &mut tokio::process::Child, gtid: &str) {
         Ok(Err(log)) => panic!("the archiver ended before taking {gtid}:\n{log}"),
         Err(_) => panic!("the archiver did not take {gtid} within 60 s"),
     }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    })
 }
 
 /// Rows the master writes into a.t (ids from `from`).
@@ -268,7 +275,7 @@ async fn a_purge_on_the_master_during_a_long_archive_replay_is_recovered() {
     // The master's dump thread having sent everything is not the archiver
     // having read it (it may sit in the socket): wait for the archiver to
     // say it holds the goal's transaction.
-    taken(&mut archiver, &goal).await;
+    let log = taken(&mut archiver, &goal).await;
     let pid = archiver.id().unwrap().to_string();
     signal("-STOP", &pid);
     purge_all(&m).await;
@@ -289,10 +296,13 @@ async fn a_purge_on_the_master_during_a_long_archive_replay_is_recovered() {
     // The archiver goes on and publishes what it read.
     signal("-CONT", &pid);
     signal("-TERM", &pid);
-    assert!(archiver.wait().await.unwrap().success());
+    let status = archiver.wait().await.unwrap();
+    let log = log.await.unwrap();
+    assert!(status.success(), "{log}");
     assert_eq!(
         archive_segments(dir.path()).last().unwrap()["end_state"],
-        goal.as_str()
+        goal.as_str(),
+        "the archiver's log after it took {goal}:\n{log}"
     );
     catchup_through_the_archive(&stage, &m, &t2).await;
     assert_eq!(

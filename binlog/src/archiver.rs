@@ -198,6 +198,11 @@ struct Run {
     /// Everything up to here is archived or in `open`.
     state: GtidState,
     open: Option<SegmentBuilder>,
+    /// A segment taken out of `open` whose storing has not finished. A
+    /// SIGTERM drops the stream (and a publish under way) at any await: the
+    /// segment waits here for the publish that follows, instead of being
+    /// lost with the dropped future.
+    unpublished: Option<(std::sync::Arc<Vec<u8>>, SegmentManifest)>,
     report: ArchiveReport,
     goal: Option<GtidState>,
     last_event_time: u32,
@@ -205,6 +210,9 @@ struct Run {
 
 impl Run {
     async fn publish(&mut self) -> Result<(), ArchiveError> {
+        if self.unpublished.is_some() {
+            self.store_unpublished().await?;
+        }
         let Some(seg) = self.open.take() else {
             return Ok(());
         };
@@ -212,24 +220,31 @@ impl Run {
             return Ok(());
         }
         let seq = self.last.as_ref().map(|l| l.seq + 1).unwrap_or(1);
-        let (raw, mut m) = seg.finish(
+        let (raw, m) = seg.finish(
             seq,
             self.last.as_ref(),
             &self.plan.source.addr(),
             &self.archiver,
         );
+        self.unpublished = Some((std::sync::Arc::new(raw), m));
+        self.store_unpublished().await
+    }
+
+    /// Compresses and stores the segment waiting in `unpublished`.
+    async fn store_unpublished(&mut self) -> Result<(), ArchiveError> {
+        let (raw, mut m) = self.unpublished.clone().expect("a segment to store");
+        let seq = m.seq;
         let level = self.plan.zstd_level;
-        let (raw, stored) = tokio::task::spawn_blocking(move || {
-            let stored = zstd::bulk::compress(&raw, level);
-            (raw, stored)
-        })
-        .await
-        .expect("compression task");
+        let input = raw.clone();
+        let stored = tokio::task::spawn_blocking(move || zstd::bulk::compress(&input, level))
+            .await
+            .expect("compression task");
         let stored = stored.map_err(|e| ArchiveError::Archive {
             url: self.plan.stage.url().to_string(),
             detail: format!("compressing segment {seq}: {e}"),
         })?;
         self.plan.stage.put_segment(&raw, stored, &mut m).await?;
+        self.unpublished = None;
         info!(
             seq,
             transactions = m.transactions,
@@ -298,6 +313,7 @@ pub async fn run(
         last,
         state,
         open: None,
+        unpublished: None,
         goal,
         last_event_time: 0,
         plan,
@@ -573,6 +589,70 @@ mod tests {
         body.extend_from_slice(b"d\0");
         body.extend_from_slice(text.as_bytes());
         build(types::QUERY, 1, 0, &body, true)
+    }
+
+    /// A run on a local stage with one transaction in its open segment.
+    fn run_with_one_transaction(dir: &std::path::Path) -> Run {
+        let url = dir.display().to_string();
+        Stage::create(&url).unwrap();
+        // A format description: version, server version, timestamp,
+        // header length, post-header lengths, then CRC32 (1) as algorithm.
+        let mut body = vec![0u8; 57 + 40];
+        body[0] = 4;
+        body.push(1);
+        let fde = build(types::FORMAT_DESCRIPTION, 1, 0, &body, true);
+        let gtid = Gtid {
+            domain: 0,
+            server: 1,
+            seq: 7,
+        };
+        let mut gtid_body = vec![0u8; 19];
+        gtid_body[..8].copy_from_slice(&7u64.to_le_bytes());
+        gtid_body[12] = FL_STANDALONE;
+        let events = [
+            build(types::GTID, 1, 0, &gtid_body, true),
+            query("CREATE TABLE t (a INT)"),
+        ];
+        let mut seg = SegmentBuilder::new(&fde, GtidState::default(), 1, "mariadb-bin.000001");
+        seg.push(gtid, &events);
+        Run {
+            plan: ArchivePlan {
+                source: Server::parse("source", "mysql://u@127.0.0.1:1").unwrap(),
+                stage: Stage::open(&url).unwrap(),
+                server_id: 99,
+                until_current: false,
+                segment_bytes: 1 << 20,
+                segment_age: Duration::from_secs(3600),
+                zstd_level: 3,
+            },
+            archiver: "test".into(),
+            last: None,
+            state: seg.end().clone(),
+            open: Some(seg),
+            unpublished: None,
+            report: ArchiveReport::default(),
+            goal: None,
+            last_event_time: 0,
+        }
+    }
+
+    /// SIGTERM drops the stream's future, and with it a publish under way
+    /// (the master rotated, say): the segment is published by the publish
+    /// the shutdown runs next, not lost with the dropped future.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_cut_short_is_completed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = run_with_one_transaction(dir.path());
+        {
+            let first = std::pin::pin!(run.publish());
+            // Polled until its first wait (compression), then dropped.
+            assert!(futures::poll!(first).is_pending());
+        }
+        run.publish().await.unwrap();
+        let chain = run.plan.stage.segment_chain().await.unwrap();
+        assert_eq!(chain.len(), 1, "the segment is published once");
+        assert_eq!(chain[0].end_state, "0-1-7");
+        assert!(run.open.is_none() && run.unpublished.is_none());
     }
 
     #[test]

@@ -281,11 +281,23 @@ impl Stage {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.store_err(&key, e)),
             }
-            let meta = match self.store().head(&data_path).await {
-                Ok(m) => m,
+            let (meta, bytes) = match self.store().get(&data_path).await {
+                Ok(r) => {
+                    let meta = r.meta.clone();
+                    match r.bytes().await {
+                        Ok(b) => (meta, b),
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(self.store_err(&data, e)),
+                    }
+                }
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(self.store_err(&data, e)),
             };
+            // This very segment, stored by a publish of this archiver that
+            // was cut short before its manifest: only the manifest is missing.
+            if hex::encode(Sha256::digest(&bytes)) == manifest.sha256_stored {
+                break;
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
