@@ -644,6 +644,21 @@ pub struct ReplicationOpts {
     #[arg(long, env = "REPLSEED_ARCHIVE_HOST")]
     pub archive_host: Option<String>,
 
+    /// Serve the archive to the replica over TLS with this PEM certificate
+    /// (it must name --archive-host); plain logins are refused.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_CERT", requires = "archive_ssl_key")]
+    pub archive_ssl_cert: Option<std::path::PathBuf>,
+
+    /// The --archive-ssl-cert's PEM private key.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_KEY", requires = "archive_ssl_cert")]
+    pub archive_ssl_key: Option<std::path::PathBuf>,
+
+    /// The CA of --archive-ssl-cert as the replica reads it (MASTER_SSL_CA):
+    /// the replica verifies the certificate (MASTER_SSL_VERIFY_SERVER_CERT=1).
+    /// Without it the link is encrypted, not verified.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_CA", requires = "archive_ssl_cert")]
+    pub archive_ssl_ca: Option<String>,
+
     /// Give up waiting for the replica to catch up after this many seconds (0 = no limit).
     #[arg(long, env = "REPLSEED_CATCHUP_TIMEOUT", default_value_t = 0)]
     pub catchup_timeout: u64,

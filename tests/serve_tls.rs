@@ -2,7 +2,8 @@
 //! replica that verifies serve's certificate replicates over TLS and ends
 //! identical (serve logs the TLS version of the session), `--require-ssl`
 //! refuses a plain replica with a clear Last_IO_Error, a replica that
-//! trusts another CA fails cleanly and gets nothing.
+//! trusts another CA fails cleanly and gets nothing, and `catchup`
+//! replays the archive to a replica over verified TLS.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use replseed_testkit::TlsFiles;
 
 use crate::common::*;
-use crate::serve_limits::{serve, slave_status, Serve, PASSWORD};
+use crate::serve_limits::{serve, slave_status, PASSWORD};
 use crate::tls::make_certs;
 
 /// A master with a snapshot in a local stage, writes after it archived,
@@ -77,8 +78,7 @@ async fn io_error(t: &MariaDb, before: &str) -> (String, String) {
 }
 
 /// The TLS version serve logged for a session, asserting there was one.
-fn logged_tls(s: &Serve) -> String {
-    let log = s.log();
+fn logged_tls(log: &str) -> String {
     let line = log
         .lines()
         .find(|l| l.contains("TLS session"))
@@ -114,7 +114,7 @@ async fn a_replica_verifying_serves_certificate_replicates_over_tls_and_ends_ide
     )
     .await;
     assert_identical(&m, &t, &["a"]).await;
-    logged_tls(&s);
+    logged_tls(&s.log());
     s.assert_running();
 }
 
@@ -177,6 +177,45 @@ async fn require_ssl_refuses_a_plain_replica_and_another_ca_fails_cleanly() {
     )
     .await;
     assert_identical(&m, &t, &["a"]).await;
-    logged_tls(&s);
+    logged_tls(&s.log());
     s.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_replays_the_archive_over_verified_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = make_certs(certs.path(), "IP:127.0.0.1");
+    let (_dir, stage, m, t, _gtid, _goal) = archived_master_and_loaded_replica().await;
+    // The master forgets the snapshot's binlogs: only the archive has them.
+    purge_all(&m).await;
+    let (cert, key, ca) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+        files.ca.display().to_string(),
+    );
+    let (murl, turl) = (m.url(), t.url());
+    let mut args = catchup_args(&stage, "s1", &murl, &turl);
+    args.extend_from_slice(&[
+        "--archive-listen",
+        "127.0.0.1:0",
+        "--archive-ssl-cert",
+        &cert,
+        "--archive-ssl-key",
+        &key,
+        "--archive-ssl-ca",
+        &ca,
+    ]);
+    let out = replseed(&args, &[]).await;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "catchup failed:\n{log}");
+    assert!(log.contains("replicating from the binlog archive"), "{log}");
+    logged_tls(&log);
+    assert_identical(&m, &t, &["a"]).await;
+    still_replicating(
+        &m,
+        &t,
+        "INSERT INTO a.t (id, v, c) VALUES (9001, 1, 'after')",
+    )
+    .await;
+    assert_identical(&m, &t, &["a"]).await;
 }
