@@ -3,7 +3,9 @@
 //! identical (serve logs the TLS version of the session), `--require-ssl`
 //! refuses a plain replica with a clear Last_IO_Error, a replica that
 //! trusts another CA fails cleanly and gets nothing, and `catchup`
-//! replays the archive to a replica over verified TLS.
+//! replays the archive to a replica over verified TLS. With `--ssl-ca`
+//! only a replica with a certificate signed by it gets in; a bad key stops
+//! serve naming the file.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -218,4 +220,126 @@ async fn catchup_replays_the_archive_over_verified_tls() {
     )
     .await;
     assert_identical(&m, &t, &["a"]).await;
+}
+
+/// A client certificate signed by the CA `make_certs` left in `dir`:
+/// (certificate, key).
+fn client_cert(dir: &Path) -> (String, String) {
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for args in [
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=replica",
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ][..],
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("client.pem"), p("client.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ssl_ca_only_a_replica_with_a_certificate_it_signed_gets_in() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = make_certs(certs.path(), "IP:127.0.0.1");
+    let (cert, key) = client_cert(certs.path());
+    let (_dir, stage, m, t, gtid, goal) = archived_master_and_loaded_replica().await;
+    let mut flags = tls_flags(&files);
+    flags.extend(["--ssl-ca".into(), files.ca.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut s = serve(&stage, &flags).await;
+
+    // TLS, verified, but no client certificate: refused in the handshake.
+    exec(
+        &t,
+        &format!(
+            "STOP SLAVE; SET GLOBAL gtid_slave_pos = '{gtid}'; \
+             CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', \
+             MASTER_PASSWORD='{PASSWORD}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1{}; \
+             START SLAVE;",
+            s.port,
+            verified(&files.ca)
+        ),
+    )
+    .await;
+    let (errno, error) = io_error(&t, "").await;
+    assert_eq!(errno, "2026", "{error}");
+    exec(&t, "STOP SLAVE").await;
+    assert!(!s.log().contains("TLS session"), "{}", s.log());
+
+    let with_cert = format!(
+        "{}, MASTER_SSL_CERT='{cert}', MASTER_SSL_KEY='{key}'",
+        verified(&files.ca)
+    );
+    replicate_from_with(&t, s.port, "repl", PASSWORD, &gtid, &goal, &with_cert).await;
+    assert_identical(&m, &t, &["a"]).await;
+    logged_tls(&s.log());
+    s.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_mismatched_key_stops_serve_naming_the_file() {
+    let certs = tempfile::tempdir().unwrap();
+    let files = make_certs(certs.path(), "IP:127.0.0.1");
+    let other = tempfile::tempdir().unwrap();
+    let other = make_certs(other.path(), "IP:127.0.0.1");
+    let (_dir, stage) = local_stage();
+    let env = [("REPLSEED_REPLICATION_PASSWORD".into(), PASSWORD.into())];
+    let missing = certs.path().join("nope.key").display().to_string();
+    let cert = files.cert.display().to_string();
+    for (key, says) in [
+        (missing.clone(), missing.clone()),
+        (
+            other.key.display().to_string(),
+            "does not go with the certificate".into(),
+        ),
+    ] {
+        let err = replseed_fails(
+            &[
+                "serve",
+                "--stage",
+                &stage,
+                "--listen",
+                "127.0.0.1:0",
+                "--ssl-cert",
+                &cert,
+                "--ssl-key",
+                &key,
+            ],
+            &env,
+            2,
+        )
+        .await;
+        assert!(err.contains(&says) && err.contains("--ssl-key"), "{err}");
+    }
 }
