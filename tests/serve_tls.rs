@@ -293,7 +293,10 @@ async fn with_ssl_ca_only_a_replica_with_a_certificate_it_signed_gets_in() {
     )
     .await;
     let (errno, error) = io_error(&t, "").await;
-    assert_eq!(errno, "2026", "{error}");
+    // Under TLS 1.3 the client sends its (missing) certificate after it
+    // considers the handshake done: serve's alert then arrives as a lost
+    // connection (2013) rather than an SSL error (2026).
+    assert!(errno == "2026" || errno == "2013", "{errno}: {error}");
     exec(&t, "STOP SLAVE").await;
     assert!(!s.log().contains("TLS session"), "{}", s.log());
 
