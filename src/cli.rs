@@ -319,6 +319,25 @@ pub struct ServeArgs {
     /// The window failed logins are counted in, and how long an address stays blocked.
     #[arg(long, env = "REPLSEED_SERVE_LOGIN_BLOCK_SECS", default_value_t = 60)]
     pub login_block_secs: u64,
+
+    /// Offer TLS with this PEM certificate (chain); replicas connect with
+    /// MASTER_SSL=1 (and MASTER_SSL_CA, MASTER_SSL_VERIFY_SERVER_CERT=1 to
+    /// verify it).
+    #[arg(long, env = "REPLSEED_SERVE_SSL_CERT", requires = "ssl_key")]
+    pub ssl_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's PEM private key (unencrypted).
+    #[arg(long, env = "REPLSEED_SERVE_SSL_KEY", requires = "ssl_cert")]
+    pub ssl_key: Option<std::path::PathBuf>,
+
+    /// Accept only clients with a certificate signed by this CA (PEM; the
+    /// replica's MASTER_SSL_CERT/MASTER_SSL_KEY).
+    #[arg(long, env = "REPLSEED_SERVE_SSL_CA", requires = "ssl_cert")]
+    pub ssl_ca: Option<std::path::PathBuf>,
+
+    /// Refuse logins without TLS (needs --ssl-cert and --ssl-key).
+    #[arg(long, env = "REPLSEED_SERVE_REQUIRE_SSL", requires = "ssl_cert")]
+    pub require_ssl: bool,
 }
 
 #[derive(Debug, Args)]
@@ -624,6 +643,21 @@ pub struct ReplicationOpts {
     /// target sees replseed's session come from; set it behind NAT).
     #[arg(long, env = "REPLSEED_ARCHIVE_HOST")]
     pub archive_host: Option<String>,
+
+    /// Serve the archive to the replica over TLS with this PEM certificate
+    /// (it must name --archive-host); plain logins are refused.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_CERT", requires = "archive_ssl_key")]
+    pub archive_ssl_cert: Option<std::path::PathBuf>,
+
+    /// The --archive-ssl-cert's PEM private key.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_KEY", requires = "archive_ssl_cert")]
+    pub archive_ssl_key: Option<std::path::PathBuf>,
+
+    /// The CA of --archive-ssl-cert as the replica reads it (MASTER_SSL_CA):
+    /// the replica verifies the certificate (MASTER_SSL_VERIFY_SERVER_CERT=1).
+    /// Without it the link is encrypted, not verified.
+    #[arg(long, env = "REPLSEED_ARCHIVE_SSL_CA", requires = "archive_ssl_cert")]
+    pub archive_ssl_ca: Option<String>,
 
     /// Give up waiting for the replica to catch up after this many seconds (0 = no limit).
     #[arg(long, env = "REPLSEED_CATCHUP_TIMEOUT", default_value_t = 0)]

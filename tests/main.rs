@@ -24,6 +24,7 @@ mod roundtrip;
 mod row_encoder;
 mod s3;
 mod serve_limits;
+mod serve_tls;
 mod split;
 mod stage_ops;
 mod throttle;

@@ -13,12 +13,12 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
-const PASSWORD: &str = "s3cret-serve";
+pub(crate) const PASSWORD: &str = "s3cret-serve";
 
 /// A running `replseed serve` and what it logged.
-struct Serve {
+pub(crate) struct Serve {
     child: tokio::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     log: Arc<Mutex<String>>,
 }
 
@@ -27,12 +27,12 @@ impl Serve {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Waits until the log has `needle`.
-    async fn wait_log(&self, needle: &str) {
+    pub(crate) async fn wait_log(&self, needle: &str) {
         let start = Instant::now();
         while !self.log().contains(needle) {
             assert!(
@@ -67,7 +67,7 @@ impl Serve {
     }
 
     /// Still running (not crashed).
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         assert!(
             self.child.try_wait().unwrap().is_none(),
             "serve exited; its log:\n{}",
@@ -78,7 +78,7 @@ impl Serve {
 
 /// Starts `replseed serve` on a free port (another port if it was taken
 /// meanwhile), with `extra` flags, and waits until it listens.
-async fn serve(stage: &str, extra: &[&str]) -> Serve {
+pub(crate) async fn serve(stage: &str, extra: &[&str]) -> Serve {
     serve_with(stage, extra, None).await
 }
 
@@ -470,7 +470,7 @@ fn replace_segment(stage_dir: &std::path::Path, seq: u64, stored: &[u8]) {
     std::fs::write(&data, stored).unwrap();
 }
 
-async fn slave_status(t: &MariaDb) -> (String, String) {
+pub(crate) async fn slave_status(t: &MariaDb) -> (String, String) {
     use mysql_async::prelude::Queryable;
     let mut c = t.conn().await.unwrap();
     let row: mysql_async::Row = c

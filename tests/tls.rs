@@ -10,7 +10,7 @@ use replseed_testkit::TlsFiles;
 use crate::common::*;
 
 /// A CA, a server certificate for `san` signed by it, and a client certificate.
-fn make_certs(dir: &Path, san: &str) -> TlsFiles {
+pub(crate) fn make_certs(dir: &Path, san: &str) -> TlsFiles {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
-use replseed_binlog::serve::{ServePlan, Serving};
+use replseed_binlog::serve::{ServePlan, ServeTls, Serving};
 use replseed_binlog::GtidState;
 use replseed_db::{exec, first, quote_str, text, DbError, Server};
 use replseed_stage::{Manifest, Stage};
@@ -32,6 +32,37 @@ pub struct ArchiveRoute {
     /// listen address, or when that is a wildcard the address the target
     /// reaches replseed at).
     pub host: Option<String>,
+    /// TLS on this link; `None`: plain (`MASTER_SSL=0`).
+    pub tls: Option<ArchiveTls>,
+}
+
+/// TLS on the link from the replica to the embedded `serve`.
+#[derive(Debug, Clone)]
+pub struct ArchiveTls {
+    /// serve's certificate and key (plain logins refused).
+    pub serve: ServeTls,
+    /// The CA as the replica reads it (MASTER_SSL_CA); with it the replica
+    /// verifies serve's certificate against the host it dials
+    /// (MASTER_SSL_VERIFY_SERVER_CERT=1), without it the link is encrypted
+    /// but not verified.
+    pub replica_ca: Option<String>,
+}
+
+impl ArchiveTls {
+    /// The `CHANGE MASTER` options of the replica for this link.
+    fn options(tls: Option<&ArchiveTls>) -> String {
+        match tls {
+            None => ", MASTER_SSL=0".into(),
+            Some(ArchiveTls {
+                replica_ca: Some(ca),
+                ..
+            }) => format!(
+                ", MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_VERIFY_SERVER_CERT=1",
+                quote_str(ca)
+            ),
+            Some(_) => ", MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=0".into(),
+        }
+    }
 }
 
 /// The address the target reaches replseed at: the client host the target
@@ -167,6 +198,7 @@ pub async fn replay(
             password: password.clone(),
             poll: Duration::from_secs(1),
             limits: Default::default(),
+            tls: route.tls.as_ref().map(|t| t.serve.clone()),
         },
         &listen,
     )
@@ -197,11 +229,12 @@ pub async fn replay(
         replica,
         tgt,
         &format!(
-            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_SSL=0",
+            "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1{}",
             quote_str(&host),
             serving.addr.port(),
             quote_str(user),
             quote_str(&password),
+            ArchiveTls::options(route.tls.as_ref()),
         ),
         (),
     )

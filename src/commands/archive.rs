@@ -77,6 +77,13 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
             bad("--login-block-secs must be at least 1 (or --max-login-failures 0)").into(),
         );
     }
+    let tls = match (&a.ssl_cert, &a.ssl_key) {
+        (Some(cert), Some(key)) => Some(
+            replseed_binlog::serve::ServeTls::load(cert, key, a.ssl_ca.as_deref(), a.require_ssl)
+                .map_err(|e| bad(&format!("--ssl-cert/--ssl-key/--ssl-ca: {e}")))?,
+        ),
+        _ => None,
+    };
     let plan = replseed_binlog::serve::ServePlan {
         // It starts from a snapshot already staged, or from the archive:
         // a stage that does not exist is an error, not a new empty folder.
@@ -92,6 +99,7 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
             max_login_failures: a.max_login_failures,
             login_block: Duration::from_secs(a.login_block_secs),
         },
+        tls,
     };
     let serving = replseed_binlog::serve::start(plan, &a.listen)
         .await

@@ -65,8 +65,26 @@ fn catchup_plan(
             stage: super::credentials::stage(stage)?,
             listen: r.archive_listen.clone(),
             host: r.archive_host.clone(),
+            tls: archive_tls(r)?,
         }),
     })
+}
+
+/// TLS for catchup's link to the archive, from `--archive-ssl-*`.
+fn archive_tls(r: &ReplicationOpts) -> Result<Option<replseed_catchup::archive::ArchiveTls>> {
+    let (Some(cert), Some(key)) = (&r.archive_ssl_cert, &r.archive_ssl_key) else {
+        return Ok(None);
+    };
+    let serve = replseed_binlog::serve::ServeTls::load(cert, key, None, true).map_err(|e| {
+        crate::commands::Failure {
+            code: 2,
+            message: format!("--archive-ssl-cert/--archive-ssl-key: {e}"),
+        }
+    })?;
+    Ok(Some(replseed_catchup::archive::ArchiveTls {
+        serve,
+        replica_ca: r.archive_ssl_ca.clone(),
+    }))
 }
 
 /// Whether a load failed for a fault that a later run cures.

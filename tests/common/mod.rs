@@ -565,12 +565,25 @@ pub async fn replicate_from(
     gtid: &str,
     goal: &str,
 ) {
+    replicate_from_with(t, port, user, password, gtid, goal, "").await
+}
+
+/// As [`replicate_from`], with more `CHANGE MASTER` options (`, MASTER_SSL=1, ...`).
+pub async fn replicate_from_with(
+    t: &MariaDb,
+    port: u16,
+    user: &str,
+    password: &str,
+    gtid: &str,
+    goal: &str,
+    options: &str,
+) {
     exec(
         t,
         &format!(
             "STOP SLAVE; SET GLOBAL gtid_slave_pos = '{gtid}'; \
              CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='{user}', \
-             MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE;"
+             MASTER_PASSWORD='{password}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1{options}; START SLAVE;"
         ),
     )
     .await;

@@ -16,6 +16,7 @@
 //! * `limits.rs`: what a client is granted before and after logging in.
 //! * `packet.rs`: framing (bounded reads), OK/ERR/EOF and text result sets.
 //! * `session.rs`: handshake, authentication, the connect-time queries.
+//! * `tls.rs`: the TLS upgrade (certificate, key, client CA, `--require-ssl`).
 //! * `dump.rs`: `COM_BINLOG_DUMP` from the archive's segments.
 
 mod dump;
@@ -23,8 +24,10 @@ mod limits;
 mod packet;
 mod request;
 mod session;
+mod tls;
 
 pub use limits::{Limits, MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
+pub use tls::ServeTls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,6 +56,8 @@ pub struct ServePlan {
     pub poll: Duration,
     /// What clients are granted.
     pub limits: Limits,
+    /// TLS offered to clients (and required, if it says so); `None`: plain only.
+    pub tls: Option<ServeTls>,
 }
 
 pub(crate) struct Shared {
@@ -63,6 +68,7 @@ pub(crate) struct Shared {
     poll: Duration,
     limits: Limits,
     logins: Logins,
+    tls: Option<ServeTls>,
 }
 
 /// A running binlog server; dropping it stops it.
@@ -111,8 +117,9 @@ pub async fn start(plan: ServePlan, listen: &str) -> std::io::Result<Serving> {
         poll: plan.poll,
         logins: Logins::new(&plan.limits),
         limits: plan.limits,
+        tls: plan.tls,
     });
-    info!(%addr, "serving the binlog archive");
+    info!(%addr, tls = shared.tls.is_some(), "serving the binlog archive");
     let ids = Arc::new(AtomicU32::new(1));
     let task = tokio::spawn(async move {
         let mut sessions = tokio::task::JoinSet::new();

@@ -13,6 +13,8 @@ use mysql_common::proto::codec::PacketCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{Link, ServeTls};
+
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4 << 10;
 /// Written bytes are sent once this many are buffered.
@@ -20,7 +22,8 @@ const WRITE_BUFFER: usize = 64 << 10;
 
 /// One client connection's packets.
 pub struct Packets {
-    stream: TcpStream,
+    /// Plain TCP, or TLS once the client asked for it (`tls.rs`).
+    stream: Link,
     codec: PacketCodec,
     /// The largest payload read (see `limits.rs`).
     cap: usize,
@@ -42,7 +45,7 @@ impl Packets {
     pub fn new(stream: TcpStream, cap: usize) -> Packets {
         let _ = stream.set_nodelay(true);
         Packets {
-            stream,
+            stream: Link::Plain(stream),
             codec: PacketCodec::default(),
             cap,
             input: BytesMut::new(),
@@ -87,6 +90,32 @@ impl Packets {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
         }
+    }
+
+    /// Hands the TCP stream to rustls after an SSLRequest; the codec (and
+    /// its sequence id) carries on over TLS. Bytes the client sent after
+    /// its SSLRequest, before the TLS handshake, would be read as if they
+    /// came over TLS: refused.
+    pub async fn upgrade(&mut self, tls: &ServeTls) -> std::io::Result<()> {
+        if !self.input.is_empty() || !self.output.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "plain bytes after the SSLRequest",
+            ));
+        }
+        let Link::Plain(tcp) = std::mem::replace(&mut self.stream, Link::Gone) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a second SSLRequest",
+            ));
+        };
+        self.stream = tls.accept(tcp).await?;
+        Ok(())
+    }
+
+    /// The TLS version and cipher suite; `None` on a plain connection.
+    pub fn tls_params(&self) -> Option<(String, String)> {
+        self.stream.tls_params()
     }
 
     /// A new command starts its sequence at 0 (the client's packet).

@@ -1,4 +1,5 @@
-//! One replica's session: the handshake (mysql_native_password), the
+//! One replica's session: the handshake (mysql_native_password, over TLS
+//! when the client asks for it and `serve` has a certificate), the
 //! queries its IO thread sends on connect, `COM_REGISTER_SLAVE`, and
 //! `COM_BINLOG_DUMP`, which hands over to `dump.rs`. What is answered and
 //! why is in `docs/design/binlog-server.md`. Before the login the client
@@ -16,6 +17,7 @@ use super::dump;
 use super::limits::{MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
 use super::packet::{get_lenenc_int, is_too_large, Packets};
 use super::request::Requested;
+use super::tls::{CLIENT_SSL, PLAIN_REFUSED};
 use super::Shared;
 
 /// The version a 10.11 replica needs to see to use GTIDs (`5.5.5-` is
@@ -56,17 +58,19 @@ fn native_reply(scramble: &[u8], password: &[u8]) -> Vec<u8> {
     stage1.iter().zip(mix).map(|(a, b)| a ^ b).collect()
 }
 
-fn greeting(conn_id: u32, scramble: &[u8; 20]) -> Vec<u8> {
+/// The greeting; `tls`: `CLIENT_SSL` is offered.
+fn greeting(conn_id: u32, scramble: &[u8; 20], tls: bool) -> Vec<u8> {
+    let caps = if tls { CAPS | CLIENT_SSL } else { CAPS };
     let mut p = vec![10];
     p.extend_from_slice(VERSION.as_bytes());
     p.push(0);
     p.extend_from_slice(&conn_id.to_le_bytes());
     p.extend_from_slice(&scramble[..8]);
     p.push(0);
-    p.extend_from_slice(&(CAPS as u16).to_le_bytes());
+    p.extend_from_slice(&(caps as u16).to_le_bytes());
     p.push(33);
     p.extend_from_slice(&2u16.to_le_bytes()); // autocommit
-    p.extend_from_slice(&((CAPS >> 16) as u16).to_le_bytes());
+    p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
     p.push(21);
     p.extend_from_slice(&[0u8; 10]);
     p.extend_from_slice(&scramble[8..]);
@@ -187,14 +191,35 @@ async fn login(
     shared: &Shared,
 ) -> std::io::Result<bool> {
     let nonce = scramble()?;
-    pk.write(&greeting(conn_id, &nonce)).await?;
+    pk.write(&greeting(conn_id, &nonce, shared.tls.is_some()))
+        .await?;
     pk.flush().await?;
-    let Some(resp) = pk.read().await? else {
+    let Some(mut resp) = pk.read().await? else {
         return Ok(false);
     };
+    // An SSLRequest: the response's first 32 bytes, with CLIENT_SSL.
     if resp.len() == 32 {
-        pk.err(1045, "28000", "replseed serve does not offer TLS")
-            .await?;
+        let flags = u32::from_le_bytes(resp[..4].try_into().expect("4 bytes"));
+        let Some(tls) = shared.tls.as_ref().filter(|_| flags & CLIENT_SSL != 0) else {
+            pk.err(1045, "28000", "replseed serve does not offer TLS")
+                .await?;
+            return Ok(false);
+        };
+        pk.upgrade(tls).await?;
+        let (version, cipher) = pk.tls_params().unwrap_or_default();
+        info!(%peer, %version, %cipher, "TLS session");
+        let Some(r) = pk.read().await? else {
+            return Ok(false);
+        };
+        resp = r;
+    } else if shared.tls.as_ref().is_some_and(|t| t.require) {
+        // Refused before the password is looked at: no guessing in plain.
+        let user = parse_response(&resp)
+            .map(|r| loggable(&r.0))
+            .unwrap_or_default();
+        warn!(%peer, %user, "plain login refused: TLS is required");
+        let (code, state, text) = PLAIN_REFUSED;
+        pk.err(code, state, text).await?;
         return Ok(false);
     }
     let (user, ok) = match parse_response(&resp) {
