@@ -27,13 +27,14 @@ for conf in "$@"; do
   q r "start slave sql_thread"
   peak=0
   while [ "$(q r "select @@gtid_slave_pos")" != "$goal" ]; do
-    n=$(q r "select count(*) from information_schema.processlist where command='Slave_worker' and state not like 'Waiting for work%'")
+    n=$(q r "select count(*) from information_schema.processlist where command='Slave_worker' and state not like 'Waiting for work%' and state not like 'Waiting for prior%'")
     [ "$n" -gt "$peak" ] && peak=$n; sleep 0.1
   done
   t1=$(date +%s.%N); cpu1=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
   got=$(q r "checksum table d.t" | cut -f2)
-  printf 'RESULT threads=%s mode=%s max_queued=%s: apply %.2f s wall, %.2f s replica CPU, busy workers seen at once: %s, checksum %s\n' \
-    "$threads" "$mode" "$queued" "$(echo "$t1 - $t0" | bc)" "$(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l)" "$peak" \
+  retried=$(q r "select variable_value from information_schema.global_status where variable_name='SLAVE_RETRIED_TRANSACTIONS'")
+  printf 'RESULT threads=%s mode=%s max_queued=%s: apply %.2f s wall, %.2f s replica CPU, busy workers seen at once: %s, retried transactions: %s, checksum %s\n' \
+    "$threads" "$mode" "$queued" "$(echo "$t1 - $t0" | bc)" "$(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l)" "$peak" "$retried" \
     "$([ "$got" = "$sum" ] && echo equal || echo DIFFERS)"
   stop r
 done
