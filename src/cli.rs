@@ -319,6 +319,17 @@ pub struct ServeArgs {
     /// The window failed logins are counted in, and how long an address stays blocked.
     #[arg(long, env = "REPLSEED_SERVE_LOGIN_BLOCK_SECS", default_value_t = 60)]
     pub login_block_secs: u64,
+
+    /// Provision empty replicas from this snapshot (an id, or `latest`): a
+    /// replica whose GTID connect state has nothing of the master gets the
+    /// snapshot as replication events, then the archive from its position.
+    #[arg(long, env = "REPLSEED_SNAPSHOT")]
+    pub snapshot: Option<String>,
+
+    /// With --snapshot: drop the snapshot's objects on the replica first
+    /// instead of stopping a replica that has any of its databases.
+    #[arg(long, requires = "snapshot")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

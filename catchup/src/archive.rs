@@ -167,6 +167,7 @@ pub async fn replay(
             password: password.clone(),
             poll: Duration::from_secs(1),
             limits: Default::default(),
+            provision: None,
         },
         &listen,
     )

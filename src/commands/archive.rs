@@ -75,8 +75,24 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
             bad("--login-block-secs must be at least 1 (or --max-login-failures 0)").into(),
         );
     }
+    let stage = credentials::stage(&a.stage.stage)?;
+    let provision = match &a.snapshot {
+        None => None,
+        Some(id) => {
+            let m = stage
+                .resolve(id)
+                .await
+                .with_context(|| format!("cannot serve snapshot {id} of {}", stage.url()))?;
+            let p =
+                replseed_binlog::serve::provision::Provision::new(m, a.force, std::env::temp_dir())
+                    .map_err(|m| bad(&m))?;
+            eprintln!("provisioning empty replicas from snapshot {}", p.snapshot());
+            Some(std::sync::Arc::new(p))
+        }
+    };
     let plan = replseed_binlog::serve::ServePlan {
-        stage: credentials::stage(&a.stage.stage)?,
+        stage,
+        provision,
         server_id: a.server_id,
         user: a.replication_user,
         password,

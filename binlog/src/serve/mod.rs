@@ -17,10 +17,13 @@
 //! * `packet.rs`: framing (bounded reads), OK/ERR/EOF and text result sets.
 //! * `session.rs`: handshake, authentication, the connect-time queries.
 //! * `dump.rs`: `COM_BINLOG_DUMP` from the archive's segments.
+//! * `provision/`: with a snapshot, an empty replica's dump gets the
+//!   snapshot as events first.
 
 mod dump;
 mod limits;
 mod packet;
+pub mod provision;
 mod request;
 mod session;
 
@@ -53,6 +56,8 @@ pub struct ServePlan {
     pub poll: Duration,
     /// What clients are granted.
     pub limits: Limits,
+    /// A snapshot to provision empty replicas from (`--snapshot`).
+    pub provision: Option<Arc<provision::Provision>>,
 }
 
 pub(crate) struct Shared {
@@ -63,6 +68,7 @@ pub(crate) struct Shared {
     poll: Duration,
     limits: Limits,
     logins: Logins,
+    provision: Option<Arc<provision::Provision>>,
 }
 
 /// A running binlog server; dropping it stops it.
@@ -111,6 +117,7 @@ pub async fn start(plan: ServePlan, listen: &str) -> std::io::Result<Serving> {
         poll: plan.poll,
         logins: Logins::new(&plan.limits),
         limits: plan.limits,
+        provision: plan.provision,
     });
     info!(%addr, "serving the binlog archive");
     let ids = Arc::new(AtomicU32::new(1));
