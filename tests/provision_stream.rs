@@ -119,7 +119,7 @@ async fn empty_replica_is_provisioned_and_replicates() {
     // The master writes again: it arrives through the archive.
     exec(
         &m,
-        "INSERT INTO p.a (v) VALUES ('later'); INSERT INTO p.child VALUES (1000, 5001)",
+        "INSERT INTO p.a (v) VALUES ('later'); INSERT INTO p.child VALUES (1000, 1)",
     )
     .await;
     caught_up(&m, &t, &stage).await;

@@ -6,13 +6,11 @@
 //! its position in the list (from 1) is its made-up GTID's number
 //! (`policy.rs`).
 
+use replseed_db::{qualified, quote_ident};
 use replseed_stage::manifest::{disable_on_slave, Manifest, Object};
 
 use super::guard;
-use crate::event_build::{
-    charset_default_collation, collation_id, sql_mode_bits, QueryContext,
-    OPTION_NO_FOREIGN_KEY_CHECKS,
-};
+use crate::event_build::{charset_default_collation, collation_id, sql_mode_bits, QueryContext};
 
 /// The sql_mode `load` creates databases, tables and sequences in.
 const LOADER_SQL_MODE: &str = "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION";
@@ -81,11 +79,6 @@ fn statement(db: &str, sql: Vec<u8>, ctx: QueryContext, what: String) -> Group {
     }
 }
 
-/// Backquotes an identifier.
-pub fn quote(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
 /// Views in an order that creates each after the views it names (by its
 /// quoted name in the definition); what cannot be ordered keeps its place.
 fn views_in_order(m: &Manifest) -> Vec<(usize, usize)> {
@@ -99,7 +92,7 @@ fn views_in_order(m: &Manifest) -> Vec<(usize, usize)> {
     while !pending.is_empty() {
         let names = |p: &[(usize, usize)]| -> Vec<String> {
             p.iter()
-                .map(|&(i, j)| quote(&m.databases[i].views[j].name))
+                .map(|&(i, j)| quote_ident(&m.databases[i].views[j].name))
                 .collect()
         };
         let waiting = names(&pending);
@@ -108,7 +101,7 @@ fn views_in_order(m: &Manifest) -> Vec<(usize, usize)> {
             .copied()
             .filter(|&(i, j)| {
                 let v = &m.databases[i].views[j];
-                let own = quote(&v.name);
+                let own = quote_ident(&v.name);
                 // The definition names itself after AS-less `VIEW `name``.
                 let body = v.create_sql.split_once(" AS ").map_or("", |(_, b)| b);
                 !waiting
@@ -159,12 +152,10 @@ pub fn groups(m: &Manifest, force: bool) -> Result<Vec<Group>, String> {
             format!("database {}", d.name),
         ));
         for t in &d.tables {
-            let mut tctx = ctx.clone();
-            tctx.flags2 |= OPTION_NO_FOREIGN_KEY_CHECKS;
             out.push(statement(
                 &d.name,
                 t.create_sql.clone().into_bytes(),
-                tctx,
+                ctx.clone(),
                 format!("table {}.{}", d.name, t.name),
             ));
         }
@@ -197,7 +188,7 @@ pub fn groups(m: &Manifest, force: bool) -> Result<Vec<Group>, String> {
                 };
                 let next = num(&s.row[0], "next value")?;
                 let round = num(&s.row[7], "cycle count")?;
-                let q = format!("{}.{}", quote(&d.name), quote(&s.name));
+                let q = qualified(&d.name, &s.name);
                 out.push(statement(
                     &d.name,
                     format!("DO SETVAL({q}, {next}, 0, {round})").into_bytes(),
