@@ -338,6 +338,17 @@ pub struct ServeArgs {
     /// Refuse logins without TLS (needs --ssl-cert and --ssl-key).
     #[arg(long, env = "REPLSEED_SERVE_REQUIRE_SSL", requires = "ssl_cert")]
     pub require_ssl: bool,
+
+    /// Provision empty replicas from this snapshot (an id, or `latest`): a
+    /// replica whose GTID connect state has nothing of the master gets the
+    /// snapshot as replication events, then the archive from its position.
+    #[arg(long, env = "REPLSEED_SNAPSHOT")]
+    pub snapshot: Option<String>,
+
+    /// With --snapshot: drop the snapshot's objects on the replica first
+    /// instead of stopping a replica that has any of its databases.
+    #[arg(long, requires = "snapshot")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! * [`gtid`]: GTIDs and GTID states.
 //! * [`event`]: events as bytes: the header, the bodies replseed reads, the
 //!   events it makes, CRC32.
+//! * [`event_build`]: GTID, Query (with its session) and XID events made up.
 //! * [`rows`]: snapshot rows as TABLE_MAP and WRITE_ROWS events.
 //! * [`segment`]: one archive segment being assembled.
 //! * [`archiver`]: `replseed archive`, the master's binlog into the stage.
@@ -16,6 +17,7 @@
 
 pub mod archiver;
 pub mod event;
+pub mod event_build;
 pub mod gtid;
 pub mod rows;
 pub mod segment;

@@ -199,6 +199,7 @@ pub async fn replay(
             poll: Duration::from_secs(1),
             limits: Default::default(),
             tls: route.tls.as_ref().map(|t| t.serve.clone()),
+            provision: None,
         },
         &listen,
     )

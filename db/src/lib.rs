@@ -29,7 +29,7 @@ pub mod throttle;
 pub mod tls;
 
 pub use error::{describe, mask_passwords, mask_server_message, DbError};
-pub use query::{exec, first, qualified, quote_ident, quote_str, rows, text};
+pub use query::{drop_if_exists, exec, first, qualified, quote_ident, quote_str, rows, text};
 pub use server::Server;
 
 /// Bounds the memory mysql_async keeps between packets; call it first thing

@@ -16,6 +16,24 @@ pub fn qualified(db: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(db), quote_ident(name))
 }
 
+/// The statement that drops the object `db`.`name` of `kind` if it
+/// exists; `None` for a kind that is not dropped this way (a database).
+pub fn drop_if_exists(kind: &str, db: &str, name: &str) -> Option<String> {
+    let q = qualified(db, name);
+    Some(match kind {
+        "table" => format!("DROP TABLE IF EXISTS {q}"),
+        "view" => format!("DROP VIEW IF EXISTS {q}"),
+        "sequence" => format!("DROP SEQUENCE IF EXISTS {q}"),
+        "trigger" => format!("DROP TRIGGER IF EXISTS {q}"),
+        "procedure" => format!("DROP PROCEDURE IF EXISTS {q}"),
+        "function" => format!("DROP FUNCTION IF EXISTS {q}"),
+        "package" => format!("DROP PACKAGE IF EXISTS {q}"),
+        "package body" => format!("DROP PACKAGE BODY IF EXISTS {q}"),
+        "event" => format!("DROP EVENT IF EXISTS {q}"),
+        _ => return None,
+    })
+}
+
 /// Quotes a string literal, for the few statement positions that take a
 /// literal and no parameter (`CHANGE MASTER TO MASTER_HOST='...'`). Every
 /// other value is bound.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use replseed_db::{exec, qualified, quote_ident, rows, text, Server};
-use replseed_stage::manifest::{Database, Manifest, Object, Table};
+use replseed_stage::manifest::{disable_on_slave, Database, Manifest, Object, Table};
 use tracing::{debug, info, warn};
 
 use crate::bookkeeping::{self, set_state, ObjKey, States};
@@ -28,19 +28,7 @@ fn object_error(object: String, e: &mysql_async::Error) -> LoadError {
 /// The statement that drops an object found as `found_kind`; `None` for a
 /// database (databases are never dropped).
 pub fn drop_statement(key: &ObjKey, found_kind: &str) -> Option<String> {
-    let q = qualified(&key.db, &key.name);
-    Some(match found_kind {
-        "table" => format!("DROP TABLE IF EXISTS {q}"),
-        "view" => format!("DROP VIEW IF EXISTS {q}"),
-        "sequence" => format!("DROP SEQUENCE IF EXISTS {q}"),
-        "trigger" => format!("DROP TRIGGER IF EXISTS {q}"),
-        "procedure" => format!("DROP PROCEDURE IF EXISTS {q}"),
-        "function" => format!("DROP FUNCTION IF EXISTS {q}"),
-        "package" => format!("DROP PACKAGE IF EXISTS {q}"),
-        "package body" => format!("DROP PACKAGE BODY IF EXISTS {q}"),
-        "event" => format!("DROP EVENT IF EXISTS {q}"),
-        _ => return None,
-    })
+    replseed_db::drop_if_exists(found_kind, &key.db, &key.name)
 }
 
 /// `--force`: drops exactly the conflicting objects. An existing database
@@ -201,23 +189,6 @@ pub async fn finish_table(
     }
     set_state(conn, server, snapshot, &key, "indexed").await?;
     Ok(())
-}
-
-/// An enabled event's `SHOW CREATE EVENT` text with its status made
-/// `DISABLE ON SLAVE`, as MariaDB's replication marks the events it
-/// replicates: a replica must not run the master's events itself, not even
-/// between its creation and an `ALTER`. The status follows `ON COMPLETION
-/// [NOT] PRESERVE`, which `SHOW CREATE EVENT` always prints.
-pub fn disable_on_slave(mut sql: Vec<u8>) -> Vec<u8> {
-    let needle = b" PRESERVE ENABLE";
-    if let Some(at) = sql.windows(needle.len()).position(|w| w == needle) {
-        let end = at + needle.len();
-        sql.splice(
-            at + b" PRESERVE ".len()..end,
-            b"DISABLE ON SLAVE".iter().copied(),
-        );
-    }
-    sql
 }
 
 /// Runs an object's DDL with `db` as the default database and the session
@@ -409,18 +380,4 @@ async fn create_views(
         pending = next;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enabled_events_are_created_disabled_on_the_replica() {
-        let sql = b"CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE ENABLE COMMENT ' PRESERVE ENABLE' DO SELECT 1".to_vec();
-        let out = String::from_utf8(disable_on_slave(sql)).unwrap();
-        assert_eq!(out, "CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE DISABLE ON SLAVE COMMENT ' PRESERVE ENABLE' DO SELECT 1");
-        let off = b"CREATE EVENT `e` ON SCHEDULE AT '2026-01-01 00:00:00' ON COMPLETION PRESERVE DISABLE DO SELECT 1".to_vec();
-        assert_eq!(disable_on_slave(off.clone()), off);
-    }
 }

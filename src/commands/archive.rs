@@ -84,10 +84,24 @@ pub async fn serve(a: crate::cli::ServeArgs) -> Result<ExitCode> {
         ),
         _ => None,
     };
+    let stage = credentials::stage(&a.stage.stage)?;
+    let provision = match &a.snapshot {
+        None => None,
+        Some(id) => {
+            let m = stage
+                .resolve(id)
+                .await
+                .with_context(|| format!("cannot serve snapshot {id} of {}", stage.url()))?;
+            let p =
+                replseed_binlog::serve::provision::Provision::new(m, a.force, std::env::temp_dir())
+                    .map_err(|m| bad(&m))?;
+            eprintln!("provisioning empty replicas from snapshot {}", p.snapshot());
+            Some(std::sync::Arc::new(p))
+        }
+    };
     let plan = replseed_binlog::serve::ServePlan {
-        // It starts from a snapshot already staged, or from the archive:
-        // a stage that does not exist is an error, not a new empty folder.
-        stage: credentials::stage(&a.stage.stage)?,
+        stage,
+        provision,
         server_id: a.server_id,
         user: a.replication_user,
         password,

@@ -337,3 +337,34 @@ impl Manifest {
             .flat_map(|d| d.tables.iter().map(move |t| (d, t)))
     }
 }
+
+/// An enabled event's `SHOW CREATE EVENT` text with its status made
+/// `DISABLE ON SLAVE`, as MariaDB's replication marks the events it
+/// replicates: a replica must not run the master's events itself, not even
+/// between its creation and an `ALTER`. The status follows `ON COMPLETION
+/// [NOT] PRESERVE`, which `SHOW CREATE EVENT` always prints.
+pub fn disable_on_slave(mut sql: Vec<u8>) -> Vec<u8> {
+    let needle = b" PRESERVE ENABLE";
+    if let Some(at) = sql.windows(needle.len()).position(|w| w == needle) {
+        let end = at + needle.len();
+        sql.splice(
+            at + b" PRESERVE ".len()..end,
+            b"DISABLE ON SLAVE".iter().copied(),
+        );
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enabled_events_are_created_disabled_on_the_replica() {
+        let sql = b"CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE ENABLE COMMENT ' PRESERVE ENABLE' DO SELECT 1".to_vec();
+        let out = String::from_utf8(disable_on_slave(sql)).unwrap();
+        assert_eq!(out, "CREATE DEFINER=`root`@`localhost` EVENT `e` ON SCHEDULE EVERY 1 HOUR STARTS '2026-01-01 00:00:00' ON COMPLETION NOT PRESERVE DISABLE ON SLAVE COMMENT ' PRESERVE ENABLE' DO SELECT 1");
+        let off = b"CREATE EVENT `e` ON SCHEDULE AT '2026-01-01 00:00:00' ON COMPLETION PRESERVE DISABLE DO SELECT 1".to_vec();
+        assert_eq!(disable_on_slave(off.clone()), off);
+    }
+}

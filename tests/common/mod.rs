@@ -599,10 +599,18 @@ pub async fn replicate_from_with(
 /// `replseed serve` of `stage` (user `repl`, password `s3cret`) on a port from the harness's allocator,
 /// with another port when that one was taken meanwhile.
 pub async fn serve_on_a_free_port(stage: &str) -> (tokio::process::Child, u16) {
+    serve_on_a_free_port_with(stage, &[]).await
+}
+
+/// [`serve_on_a_free_port`] with more arguments to `serve`.
+pub async fn serve_on_a_free_port_with(
+    stage: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, u16) {
     for _ in 0..5 {
         let port = replseed_testkit::free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut serve = spawn_replseed(
+        let args = [
             &[
                 "serve",
                 "--stage",
@@ -611,7 +619,12 @@ pub async fn serve_on_a_free_port(stage: &str) -> (tokio::process::Child, u16) {
                 &listen,
                 "--replication-user",
                 "repl",
-            ],
+            ][..],
+            extra,
+        ]
+        .concat();
+        let mut serve = spawn_replseed(
+            &args,
             &[("REPLSEED_REPLICATION_PASSWORD".into(), "s3cret".into())],
         );
         let start = std::time::Instant::now();

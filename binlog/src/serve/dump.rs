@@ -150,7 +150,7 @@ fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>,
 /// The format description as sent to a replica: not in use, no creation
 /// time, checksum recomputed. Its length was checked by `events`
 /// (`fde_checksum_alg`), so the fields written here are inside it.
-fn fde_for_replica(fde: &RawEvent) -> RawEvent {
+pub(super) fn fde_for_replica(fde: &RawEvent) -> RawEvent {
     let mut b = fde.bytes().to_vec();
     let flags = u16::from_le_bytes([b[17], b[18]]) & !event::FLAG_IN_USE;
     b[17..19].copy_from_slice(&flags.to_le_bytes());
@@ -162,7 +162,7 @@ fn fde_for_replica(fde: &RawEvent) -> RawEvent {
     RawEvent::new(b, true).expect("a valid format description stays valid")
 }
 
-async fn send(pk: &mut Packets, e: &RawEvent) -> std::io::Result<()> {
+pub(super) async fn send(pk: &mut Packets, e: &RawEvent) -> std::io::Result<()> {
     let mut p = Vec::with_capacity(e.bytes().len() + 1);
     p.push(0);
     p.extend_from_slice(e.bytes());
@@ -338,7 +338,10 @@ async fn scan(
 /// A segment's events and whether they carry a CRC32; `Err` names the
 /// segment's object key and what is wrong with it, so the replica's
 /// Last_IO_Error says which object to look at.
-async fn load(shared: &Shared, seg: &SegmentManifest) -> Result<(Vec<RawEvent>, bool), String> {
+pub(super) async fn load(
+    shared: &Shared,
+    seg: &SegmentManifest,
+) -> Result<(Vec<RawEvent>, bool), String> {
     let key = replseed_stage::archive::segment_path(seg.seq);
     let damaged = |m: &str| format!("replseed serve: segment {key} is damaged: {m}");
     // Hashed as stored, decompressed no further than the signed manifest's

@@ -18,10 +18,13 @@
 //! * `session.rs`: handshake, authentication, the connect-time queries.
 //! * `tls.rs`: the TLS upgrade (certificate, key, client CA, `--require-ssl`).
 //! * `dump.rs`: `COM_BINLOG_DUMP` from the archive's segments.
+//! * `provision/`: with a snapshot, an empty replica's dump gets the
+//!   snapshot as events first.
 
 mod dump;
 mod limits;
 mod packet;
+pub mod provision;
 mod request;
 mod session;
 mod tls;
@@ -58,6 +61,8 @@ pub struct ServePlan {
     pub limits: Limits,
     /// TLS offered to clients (and required, if it says so); `None`: plain only.
     pub tls: Option<ServeTls>,
+    /// A snapshot to provision empty replicas from (`--snapshot`).
+    pub provision: Option<Arc<provision::Provision>>,
 }
 
 pub(crate) struct Shared {
@@ -69,6 +74,7 @@ pub(crate) struct Shared {
     limits: Limits,
     logins: Logins,
     tls: Option<ServeTls>,
+    provision: Option<Arc<provision::Provision>>,
 }
 
 /// A running binlog server; dropping it stops it.
@@ -118,6 +124,7 @@ pub async fn start(plan: ServePlan, listen: &str) -> std::io::Result<Serving> {
         logins: Logins::new(&plan.limits),
         limits: plan.limits,
         tls: plan.tls,
+        provision: plan.provision,
     });
     info!(%addr, tls = shared.tls.is_some(), "serving the binlog archive");
     let ids = Arc::new(AtomicU32::new(1));

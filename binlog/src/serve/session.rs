@@ -168,7 +168,10 @@ pub async fn run(
             Next::Quit => return Ok(()),
             Next::Dump => {
                 info!(%peer, replica = req.replica_id, state = ?req.connect_state, "binlog dump requested");
-                return dump::run(&mut pk, &req, &shared).await;
+                return match &shared.provision {
+                    Some(p) => super::provision::run(&mut pk, &req, &shared, p).await,
+                    None => dump::run(&mut pk, &req, &shared).await,
+                };
             }
         }
     }
