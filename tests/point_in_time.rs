@@ -52,13 +52,17 @@ async fn provision_until_a_gtid_or_a_time_gives_the_master_as_it_was_then() {
     let m = master().await;
     exec(
         &m,
-        "CREATE DATABASE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT); \
+        "CREATE DATABASE a; USE a; CREATE TABLE a.t (id INT PRIMARY KEY, v INT); \
          INSERT INTO a.t SELECT seq, seq FROM seq_1_to_500;",
     )
     .await;
     let s0 = extract_ok(&m.url(), &stage, "s0", &["--no-accounts", "--json"]).await;
     let g0 = s0["gtid"].as_str().unwrap().to_string();
-    exec(&m, "INSERT INTO a.t SELECT seq, seq FROM seq_501_to_600").await;
+    exec(
+        &m,
+        "USE a; INSERT INTO a.t SELECT seq, seq FROM seq_501_to_600",
+    )
+    .await;
     exec(&m, "UPDATE a.t SET v = v + 1 WHERE id < 100").await;
     // Checkpoint 1: a GTID.
     let at_gtid = scalar(&m, "SELECT @@gtid_binlog_pos").await;

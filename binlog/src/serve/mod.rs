@@ -24,6 +24,7 @@ mod packet;
 mod request;
 mod session;
 
+pub use dump::events;
 pub use limits::{Limits, MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
 
 use std::net::SocketAddr;
