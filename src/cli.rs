@@ -675,6 +675,22 @@ pub struct ReplicationOpts {
     pub catchup_timeout: u64,
 }
 
+/// `--until` / `--until-time` of `provision` and `catchup`: a point-in-time copy.
+#[derive(Debug, Args)]
+pub struct UntilArgs {
+    /// Stop at this GTID position (one or more domains: 0-1-100,1-2-7): the
+    /// target becomes a copy of the master at that point, from the newest
+    /// snapshot at or before it and the stage's binlog archive, with
+    /// replication stopped there and not configured (RESET SLAVE ALL).
+    #[arg(long, value_name = "GTID", conflicts_with = "until_time")]
+    pub until: Option<String>,
+
+    /// Like --until, at the master's last transaction at or before this time
+    /// (UTC 'YYYY-MM-DD HH:MM:SS', or RFC 3339 such as 2026-12-07T16:30:00Z).
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub until_time: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct CatchupArgs {
     #[command(flatten)]
@@ -703,6 +719,9 @@ pub struct CatchupArgs {
 
     #[command(flatten)]
     pub replication: ReplicationOpts,
+
+    #[command(flatten)]
+    pub until: UntilArgs,
 
     /// Print a one-line JSON summary on stdout.
     #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]
@@ -753,6 +772,9 @@ pub struct ProvisionArgs {
 
     #[command(flatten)]
     pub replication: ReplicationOpts,
+
+    #[command(flatten)]
+    pub until: UntilArgs,
 
     /// Print a one-line JSON summary on stdout.
     #[arg(long, env = "REPLSEED_JSON", value_parser = clap::builder::FalseyValueParser::new())]

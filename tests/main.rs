@@ -19,6 +19,7 @@ mod load;
 mod memory;
 mod newcomer;
 mod parquet;
+mod point_in_time;
 mod provision_stream;
 mod replica_source;
 mod roundtrip;

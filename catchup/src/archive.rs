@@ -169,6 +169,9 @@ fn random_password() -> String {
 
 /// Replicates the target from the archive until it has applied `end`.
 /// `resume`: the replica was reading the archive already (keep its position).
+/// `until`: a point-in-time copy (`until.rs`): `START SLAVE UNTIL
+/// master_gtid_pos=<end>`, recorded as [`crate::until::STATUS`].
+#[allow(clippy::too_many_arguments)]
 pub async fn replay(
     replica: &mut Conn,
     plan: &CatchupPlan,
@@ -177,6 +180,7 @@ pub async fn replay(
     ids: (u32, u32),
     resume: bool,
     filter: Option<&str>,
+    until: bool,
 ) -> Result<(), CatchupError> {
     let tgt = &plan.target;
     let m = &plan.manifest;
@@ -244,14 +248,25 @@ pub async fn replay(
         crate::filters::set(replica, tgt, f).await?;
     }
     // Recorded before START SLAVE: a re-run must not set the position back.
+    let (status, start) = if until {
+        (
+            crate::until::STATUS,
+            format!(
+                "START SLAVE UNTIL master_gtid_pos={}",
+                quote_str(&end.to_string())
+            ),
+        )
+    } else {
+        ("archive", "START SLAVE".to_string())
+    };
     exec(
         replica,
         tgt,
-        "UPDATE replseed.load_runs SET status='archive' WHERE snapshot=?",
-        (&m.snapshot,),
+        "UPDATE replseed.load_runs SET status=? WHERE snapshot=?",
+        (status, &m.snapshot),
     )
     .await?;
-    exec(replica, tgt, "START SLAVE", ()).await?;
+    exec(replica, tgt, &start, ()).await?;
     info!(target = %tgt.addr(), archive = %route.stage.url(), end = %end, serving = %serving.addr, "replicating from the binlog archive");
     let started = Instant::now();
     let goal = end.to_string();
@@ -266,6 +281,14 @@ pub async fn replay(
         let from = format!("replseed at {host}:{}", serving.addr.port());
         match stalled(&st, &mut io_down_since) {
             None => {}
+            // Stopped at the goal (UNTIL) since the wait above.
+            Some(Stalled::Sql(_))
+                if text(
+                    &first(replica, tgt, "SELECT MASTER_GTID_WAIT(?, 0)", (&goal,)).await?[0],
+                ) == "0" =>
+            {
+                break
+            }
             Some(Stalled::Sql(detail)) => {
                 return Err(CatchupError::Replication {
                     server: tgt.name(),

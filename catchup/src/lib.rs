@@ -23,6 +23,7 @@
 
 pub mod archive;
 pub mod filters;
+pub mod until;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -104,6 +105,14 @@ pub enum CatchupError {
         at: String,
         /// Goal.
         goal: String,
+    },
+    /// A point-in-time copy was asked for a point the stage cannot reach.
+    #[error("{point} is outside what the stage holds: {detail}")]
+    OutOfRange {
+        /// The point as asked.
+        point: String,
+        /// Why, and the window the stage reaches.
+        detail: String,
     },
     /// Interrupted.
     #[error("interrupted; the replica keeps replicating on its own")]
@@ -505,19 +514,7 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
         server: tgt.name(),
         detail,
     })?;
-    let loaded: Vec<Row> = match replica
-        .exec(
-            "SELECT status FROM replseed.load_runs WHERE snapshot=?",
-            (&m.snapshot,),
-        )
-        .await
-    {
-        Ok(rows) => rows,
-        // No bookkeeping at all: nothing was loaded here.
-        Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => Vec::new(),
-        Err(e) => return Err(tgt.err("reading replseed.load_runs", &e).into()),
-    };
-    let status = loaded.first().map(|r| text(&r.clone().unwrap()[0]));
+    let status = load_status(&mut replica, tgt, &m.snapshot).await?;
     let configured = match status.as_deref() {
         Some("done") | Some("archive") => {
             let ids = (
@@ -559,6 +556,14 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
                 exec(&mut replica, tgt, "START SLAVE", ()).await?;
             }
             false
+        }
+        Some(until::STATUS) => {
+            let at =
+                text(&first(&mut replica, tgt, "SELECT @@GLOBAL.gtid_slave_pos", ()).await?[0]);
+            return Err(CatchupError::Setup {
+                server: tgt.name(),
+                detail: format!("it is a point-in-time copy of snapshot {} stopped at GTID '{at}' (replseed.load_runs status `until`); catchup does not move it on: load the snapshot again to make a replica", m.snapshot),
+            });
         }
         Some(other) => {
             return Err(CatchupError::NotLoaded {
@@ -673,6 +678,28 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
     })
 }
 
+/// The status of the target's load of `snapshot` in `replseed.load_runs`
+/// (`None`: no load of it, or no bookkeeping at all).
+pub(crate) async fn load_status(
+    replica: &mut Conn,
+    tgt: &Server,
+    snapshot: &str,
+) -> Result<Option<String>, CatchupError> {
+    let loaded: Vec<Row> = match replica
+        .exec(
+            "SELECT status FROM replseed.load_runs WHERE snapshot=?",
+            (snapshot,),
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        // No bookkeeping at all: nothing was loaded here.
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => Vec::new(),
+        Err(e) => return Err(tgt.err("reading replseed.load_runs", &e).into()),
+    };
+    Ok(loaded.first().map(|r| text(&r.clone().unwrap()[0])))
+}
+
 /// The two sessions of a hand-off and what it needs to know of them.
 struct Links<'a> {
     master: &'a mut Conn,
@@ -743,7 +770,7 @@ async fn hand_off(l: Links<'_>, plan: &CatchupPlan, mut own: bool) -> Result<(),
                 }
                 Err(why) => return Err(with_detail(lacks, &why)),
             };
-            archive::replay(replica, plan, route, &end, ids, own, filter).await?;
+            archive::replay(replica, plan, route, &end, ids, own, filter, false).await?;
             own = true;
             bridged = Some(end);
             continue;

@@ -19,6 +19,7 @@ use stage_archive::ArchiveView;
 mod archive;
 mod credentials;
 mod load;
+mod point_in_time;
 pub mod replicate;
 mod stage_archive;
 
@@ -53,7 +54,8 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
         }
         if let Some(
             replseed_catchup::CatchupError::BinlogPurged { .. }
-            | replseed_catchup::CatchupError::ArchiveBehind { .. },
+            | replseed_catchup::CatchupError::ArchiveBehind { .. }
+            | replseed_catchup::CatchupError::OutOfRange { .. },
         ) = cause.downcast_ref::<replseed_catchup::CatchupError>()
         {
             return 3;
@@ -309,12 +311,25 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                 say!(json, "no snapshots in {}", stage.url());
             }
             say!(json, "binlog archive: {}", archive.range_line());
+            // What `--until` / `--until-time` can reach.
+            let window = match replseed_catchup::until::Holdings::read(&stage).await {
+                Ok(h) => h.window(),
+                Err(e) => Err(e.to_string()),
+            };
+            match &window {
+                Ok(w) => say!(json, "point-in-time window: {w}"),
+                Err(e) => say!(json, "point-in-time window: none ({e})"),
+            }
             if json {
                 print_json(json!({
                     "stage": stage.url(),
                     "snapshots": published,
                     "incomplete": incomplete,
                     "archive_range": archive.range_json(),
+                    "window": match window {
+                        Ok(w) => serde_json::to_value(w)?,
+                        Err(e) => json!({ "error": e }),
+                    },
                 }));
             }
             Ok(ExitCode::SUCCESS)

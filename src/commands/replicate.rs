@@ -38,7 +38,7 @@ fn replication_login(
     Ok(login)
 }
 
-fn catchup_plan(
+pub(super) fn catchup_plan(
     source: &Server,
     target: &str,
     manifest: Arc<Manifest>,
@@ -132,6 +132,9 @@ async fn catchup_one(plan: CatchupPlan, bars: bool) -> Result<CatchupReport> {
 }
 
 pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
+    if let Some(point) = super::point_in_time::point(&a.until)? {
+        return super::point_in_time::catchup(a, point).await;
+    }
     let stage = super::credentials::stage(&a.stage.stage)?;
     let manifest = Arc::new(stage.resolve(&a.snapshot).await?);
     let source = super::credentials::server("source", &a.source)?;
@@ -151,12 +154,10 @@ pub async fn catchup(a: CatchupArgs, bars: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
-    let source = super::credentials::server("source", &a.source)?;
-    // Before anything is extracted or loaded.
-    let login = replication_login(&source, &a.replication)?;
-    let mut targets = Vec::new();
-    for t in &a.targets {
+/// The `--target`s of `provision`, none of them the `--source`.
+pub(super) fn targets(targets: &[String], source: &Server) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for t in targets {
         let s = super::credentials::server("target", t)?;
         if s.addr() == source.addr() {
             return Err(super::bad_flag(format!(
@@ -164,8 +165,19 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                 s.addr()
             )));
         }
-        targets.push(t.clone());
+        out.push(t.clone());
     }
+    Ok(out)
+}
+
+pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
+    if let Some(point) = super::point_in_time::point(&a.until)? {
+        return super::point_in_time::provision(a, point, bars).await;
+    }
+    let source = super::credentials::server("source", &a.source)?;
+    // Before anything is extracted or loaded.
+    let login = replication_login(&source, &a.replication)?;
+    let targets = targets(&a.targets, &source)?;
     let many = a.targets.len() > 1;
     let mut tasks = Vec::new();
     let (manifest, extract_summary) = match &a.snapshot {

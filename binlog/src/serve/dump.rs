@@ -110,7 +110,7 @@ fn missing(segments: &[SegmentManifest], g: &Gtid) -> String {
 
 /// Splits a segment's binlog file into its events, each checked: its
 /// length within the file, its CRC32 where the format description says.
-fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>, String> {
+pub fn events(raw: &[u8], checksummed_after_fde: &mut bool) -> Result<Vec<RawEvent>, String> {
     if raw.get(..4) != Some(&MAGIC[..]) {
         return Err("not a binlog file".into());
     }
@@ -197,6 +197,15 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
         Ok(Err(m)) => return pk.err(1236, "HY000", &m).await,
         Err(m) => return pk.err(1236, "HY000", &m).await,
     };
+    let until = match req.until.as_deref().map(GtidState::parse) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(m)) => {
+            return pk
+                .err(1236, "HY000", &format!("@slave_until_gtid: {m}"))
+                .await
+        }
+        None => None,
+    };
     let first = skip.values().map(|d| d.seq).min().unwrap_or(0);
     debug!(state = %want, from = first, "dump start found");
     let mut s = Stream {
@@ -204,7 +213,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
         file: String::new(),
         checksummed: true, // as answered to SELECT @master_binlog_checksum
         sent: 0,
+        until,
+        at: want.clone(),
     };
+    if s.until_reached(pk, shared).await? {
+        return Ok(());
+    }
     let mut last: Option<SegmentManifest> = None;
     let mut pending: Vec<SegmentManifest> =
         segments.into_iter().filter(|m| m.seq >= first).collect();
@@ -230,8 +244,10 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
                         .await;
                 }
             }
-            if let Err(m) = s.segment(pk, shared, &seg, req.skip_replication).await? {
-                return pk.err(1236, "HY000", &m).await;
+            match s.segment(pk, shared, &seg, req.skip_replication).await? {
+                Err(m) => return pk.err(1236, "HY000", &m).await,
+                Ok(Sent::UntilReached) => return Ok(()),
+                Ok(Sent::All) => {}
             }
             last = Some(seg);
             last_sent = Instant::now();
@@ -375,6 +391,19 @@ struct Stream {
     checksummed: bool,
     /// Groups sent.
     sent: u64,
+    /// `@slave_until_gtid`: nothing of a domain past it is sent, and the
+    /// dump ends once every one of its domains is reached.
+    until: Option<GtidState>,
+    /// The replica's state as of what was sent.
+    at: GtidState,
+}
+
+/// How a segment was sent.
+enum Sent {
+    /// All of it (what the replica wants of it).
+    All,
+    /// Up to `@slave_until_gtid`, and the dump is over.
+    UntilReached,
 }
 
 impl Stream {
@@ -401,6 +430,42 @@ impl Stream {
         }
     }
 
+    /// Whether the replica reached `@slave_until_gtid`; if so the dump
+    /// ends as a master's does: a GTID list flagged UNTIL_REACHED, then EOF.
+    async fn until_reached(&self, pk: &mut Packets, shared: &Shared) -> std::io::Result<bool> {
+        let Some(until) = &self.until else {
+            return Ok(false);
+        };
+        if !self.at.covers(until) {
+            return Ok(false);
+        }
+        let mut e = event::gtid_list(until, shared.server_id, self.checksummed)
+            .bytes()
+            .to_vec();
+        // The count's high 4 bits are flags: 1 = UNTIL_REACHED.
+        e[HEADER_LEN + 3] |= 0x10;
+        if self.checksummed {
+            let n = e.len();
+            let crc = crc32fast::hash(&e[..n - 4]);
+            e[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        }
+        let e = RawEvent::new(e, self.checksummed).map_err(std::io::Error::other)?;
+        send(pk, &e).await?;
+        pk.write(&[0xFE, 0, 0, 0, 0]).await?;
+        pk.flush().await?;
+        info!(until = %until, "@slave_until_gtid reached: dump ended");
+        Ok(true)
+    }
+
+    /// Whether the group of `g` is in a domain `@slave_until_gtid` has
+    /// already been reached in (not sent).
+    fn past_until(&self, g: &Gtid) -> bool {
+        self.until
+            .as_ref()
+            .and_then(|u| u.get(g.domain))
+            .is_some_and(|u| g.seq > u.seq && self.at.get(g.domain).is_some_and(|a| a.seq >= u.seq))
+    }
+
     /// Sends one segment; `Err(message)` for a reason to stop the replica.
     async fn segment(
         &mut self,
@@ -408,7 +473,7 @@ impl Stream {
         shared: &Shared,
         seg: &SegmentManifest,
         skip_replication: bool,
-    ) -> std::io::Result<Result<(), String>> {
+    ) -> std::io::Result<Result<Sent, String>> {
         let (evs, crc) = match load(shared, seg).await {
             Ok(l) => l,
             Err(m) => return Ok(Err(m)),
@@ -425,11 +490,15 @@ impl Stream {
         let mut skipping = false;
         for e in evs.iter().skip(2) {
             if e.kind() == types::GTID {
+                if self.until_reached(pk, shared).await? {
+                    return Ok(Ok(Sent::UntilReached));
+                }
                 let (g, _) = e.gtid().map_err(std::io::Error::other)?;
-                skipping = self.has(seg.seq, &g);
+                skipping = self.has(seg.seq, &g) || self.past_until(&g);
                 if !skipping {
                     self.sent += 1;
                 }
+                self.at.apply(g);
             }
             if skipping || (skip_replication && e.flags() & 0x8000 != 0) {
                 continue;
@@ -437,6 +506,9 @@ impl Stream {
             send(pk, e).await?;
         }
         info!(seq = seg.seq, groups = self.sent, "segment sent");
-        Ok(Ok(()))
+        if self.until_reached(pk, shared).await? {
+            return Ok(Ok(Sent::UntilReached));
+        }
+        Ok(Ok(Sent::All))
     }
 }

@@ -29,6 +29,7 @@ mod request;
 mod session;
 mod tls;
 
+pub use dump::events;
 pub use limits::{Limits, MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
 pub use tls::ServeTls;
 

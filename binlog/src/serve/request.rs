@@ -19,6 +19,9 @@ pub struct Requested {
     pub skip_replication: bool,
     /// The replica's server_id from `COM_REGISTER_SLAVE`.
     pub replica_id: u32,
+    /// `@slave_until_gtid` (`START SLAVE UNTIL master_gtid_pos=...`): the
+    /// dump stops there (see `dump.rs`).
+    pub until: Option<String>,
 }
 
 /// The GTID state the replica asked to start from.

@@ -356,6 +356,10 @@ async fn query(
         req.connect_state = Some(unquote(&v));
         return pk.ok().await;
     }
+    if let Some(v) = set_value("@SLAVE_UNTIL_GTID") {
+        req.until = Some(unquote(&v)).filter(|v| !v.is_empty());
+        return pk.ok().await;
+    }
     if let Some(v) = set_value("@SLAVE_GTID_STRICT_MODE") {
         req.strict = v == "1";
         return pk.ok().await;
@@ -366,7 +370,7 @@ async fn query(
     }
     if upper.starts_with("SET ") || upper.starts_with("KILL ") {
         // @master_binlog_checksum (answered CRC32 above),
-        // @slave_gtid_ignore_duplicates, @slave_until_gtid, ...
+        // @slave_gtid_ignore_duplicates, ...
         return pk.ok().await;
     }
     pk.err(

@@ -152,6 +152,7 @@ pub(crate) async fn run(
         strict: req.strict,
         skip_replication: req.skip_replication,
         replica_id: req.replica_id,
+        until: req.until.clone(),
     };
     dump::run(pk, &then, shared).await
 }
