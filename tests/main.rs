@@ -23,6 +23,7 @@ mod replica_source;
 mod roundtrip;
 mod row_encoder;
 mod s3;
+mod serve_clients;
 mod serve_limits;
 mod split;
 mod stage_ops;

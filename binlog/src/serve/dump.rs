@@ -237,6 +237,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             last_sent = Instant::now();
         }
         pk.flush().await?;
+        if req.non_blocking() {
+            // BINLOG_DUMP_NON_BLOCK (mariadb-binlog without --stop-never):
+            // an EOF packet at the archive's head, as a master at its end.
+            pk.write(&[0xfe, 0, 0, 0x02, 0]).await?;
+            return pk.flush().await;
+        }
         // At the head: new segments, or a heartbeat.
         tokio::time::sleep(shared.poll).await;
         let next_seq = last.as_ref().map_or(first, |l| l.seq + 1);

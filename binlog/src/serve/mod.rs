@@ -15,12 +15,14 @@
 //!
 //! * `limits.rs`: what a client is granted before and after logging in.
 //! * `packet.rs`: framing (bounded reads), OK/ERR/EOF and text result sets.
-//! * `session.rs`: handshake, authentication, the connect-time queries.
+//! * `session.rs`: handshake, authentication, the commands before the dump.
+//! * `query.rs`: the general queries clients send before a dump.
 //! * `dump.rs`: `COM_BINLOG_DUMP` from the archive's segments.
 
 mod dump;
 mod limits;
 mod packet;
+mod query;
 mod request;
 mod session;
 
