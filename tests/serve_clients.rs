@@ -383,3 +383,116 @@ async fn mariadb_binlog_reads_serve_by_file_and_position_as_from_the_master() {
         );
     }
 }
+
+/// The master's `SHOW MASTER STATUS` file and position.
+async fn master_position(m: &MariaDb) -> (String, u64) {
+    let mut c = m.conn().await.unwrap();
+    let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    (r.get(0).unwrap(), r.get(1).unwrap())
+}
+
+/// Waits until replica `t` has executed the master up to `m`'s position.
+async fn wait_for_position(m: &MariaDb, t: &MariaDb) {
+    let (file, pos) = master_position(m).await;
+    let waited = scalar(t, &format!("SELECT MASTER_POS_WAIT('{file}', {pos}, 60)")).await;
+    assert!(
+        waited != "-1" && waited != "NULL" && !waited.is_empty(),
+        "replica did not reach {file}:{pos} ({waited})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_with_master_use_gtid_no_replicates_from_a_file_and_position() {
+    let (m, dir, stage, _serve, port) = served_master().await;
+    // Where the archive starts: right after the snapshot, in the master's terms.
+    let first = archive_segments(dir.path()).remove(0);
+    let (file, pos) = (
+        first["master_file"].as_str().unwrap().to_string(),
+        first["first_pos"].as_u64().unwrap(),
+    );
+    let t = replica(2).await;
+    load_ok(&stage, "s1", &t.url(), &["--no-accounts"]).await;
+    exec(
+        &t,
+        &format!(
+            "STOP SLAVE; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, \
+             MASTER_USER='repl', MASTER_PASSWORD='s3cret', MASTER_LOG_FILE='{file}', \
+             MASTER_LOG_POS={pos}, MASTER_USE_GTID=no, MASTER_CONNECT_RETRY=1; START SLAVE"
+        ),
+    )
+    .await;
+    wait_for_position(&m, &t).await;
+    assert_identical(&m, &t, &["a"]).await;
+
+    // Still replicating: a new write, archived, reaches it.
+    exec(&m, "INSERT INTO a.t VALUES (4, 'four')").await;
+    archive_now(&m, &stage).await;
+    wait_for_position(&m, &t).await;
+    assert_identical(&m, &t, &["a"]).await;
+    assert_eq!(scalar(&t, "SELECT v FROM a.t WHERE id = 4").await, "four");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_binlog_stop_never_follows_serve_from_a_gtid() {
+    let (m, _dir, stage, _serve, port) = served_master().await;
+    // From the GTID of the archive's first transaction: what follows it.
+    let from = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    let mut follower = tokio::process::Command::new("mariadb-binlog")
+        .args([
+            "-R",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            "repl",
+        ])
+        .args(["--stop-never", "--stop-never-slave-server-id=77"])
+        .arg(format!("--start-position={from}"))
+        // A file is required, and in GTID mode the master picks it by GTID.
+        .arg("mariadb-bin.000001")
+        .env("MYSQL_PWD", "s3cret")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = follower.stdout.take().unwrap();
+    exec(&m, "INSERT INTO a.t VALUES (5, 'followed')").await;
+    let want = scalar(&m, "SELECT @@gtid_binlog_pos").await;
+    archive_now(&m, &stage).await;
+    // The new transaction arrives while mariadb-binlog keeps waiting.
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stdout.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(&format!("GTID {want}")) {
+                return true;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    if got != Ok(true) {
+        let _ = follower.start_kill();
+        let out = follower.wait_with_output().await.unwrap();
+        panic!(
+            "mariadb-binlog --stop-never did not get {want}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        !text.contains(&format!("GTID {from}\n")),
+        "{from} was the client's: {text}"
+    );
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "--stop-never keeps following"
+    );
+}
