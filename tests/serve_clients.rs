@@ -69,6 +69,20 @@ fn rows_after<'a>(out: &'a str, header: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
+/// Where the last transaction in the master's `file` ends.
+async fn last_transaction_end(m: &MariaDb, file: &str) -> u64 {
+    let mut c = m.conn().await.unwrap();
+    let rows: Vec<mysql_async::Row> = c
+        .query(format!("SHOW BINLOG EVENTS IN '{file}'"))
+        .await
+        .unwrap();
+    rows.iter()
+        .rev()
+        .find(|r| r.get::<String, _>(2).unwrap() == "Xid")
+        .map(|r| r.get::<u64, _>(4).unwrap())
+        .expect("a transaction in the file")
+}
+
 /// The master's own `SHOW BINARY LOGS`.
 async fn master_logs(m: &MariaDb) -> Vec<(String, u64)> {
     let mut c = m.conn().await.unwrap();
@@ -97,15 +111,12 @@ async fn the_mariadb_client_gets_version_master_status_and_binary_logs() {
         "{out}"
     );
 
-    // SHOW MASTER STATUS: the master's file and position, from the archive
-    // (it holds everything up to the master's last write).
-    let mut c = m.conn().await.unwrap();
-    let (file, pos): (String, u64) = c
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .unwrap()
-        .map(|r: mysql_async::Row| (r.get(0).unwrap(), r.get(1).unwrap()))
-        .unwrap();
+    // SHOW MASTER STATUS: the master's file and the end of its last
+    // transaction, from the archive (it holds everything up to the
+    // master's last write; a Binlog_checkpoint the master may write after
+    // it is not archived).
+    let file = current_file(&m).await;
+    let pos = last_transaction_end(&m, &file).await;
     let status = rows_after(&out, "File\tPosition\tBinlog_Do_DB\tBinlog_Ignore_DB");
     assert_eq!(status[0][..2], [file.as_str(), &pos.to_string()], "{out}");
 
@@ -124,7 +135,7 @@ async fn the_mariadb_client_gets_version_master_status_and_binary_logs() {
         assert_eq!(row[0], name);
         let n: u64 = row[1].parse().unwrap();
         if *name == file {
-            assert_eq!(n, *size, "{name}: {out}");
+            assert_eq!(n, pos, "{name}: {out}");
         } else {
             assert!(n < *size && n > 256, "{name}: {n} of {size}");
         }
@@ -274,13 +285,15 @@ async fn current_file(m: &MariaDb) -> String {
 
 const GTID_EVENT: u8 = 162;
 
-/// The events from the first GTID event on.
+/// The events from the first GTID event on, but Binlog_checkpoint events
+/// (type 161), which the master writes between transactions when it likes
+/// and the archive does not keep.
 fn transactions<'a>(evs: &[(u64, u8, &'a [u8])]) -> Vec<(u64, u8, &'a [u8])> {
     let at = evs
         .iter()
         .position(|e| e.1 == GTID_EVENT)
         .expect("a transaction");
-    evs[at..].to_vec()
+    evs[at..].iter().filter(|e| e.1 != 161).copied().collect()
 }
 const FORMAT_DESCRIPTION: u8 = 15;
 
@@ -333,7 +346,12 @@ async fn mariadb_binlog_reads_serve_by_file_and_position_as_from_the_master() {
         let at = s
             .find(&format!("# at {first_gtid}\n"))
             .expect("# at the start");
-        s[at..].to_string()
+        // Without the Binlog_checkpoint events (not archived).
+        s[at..]
+            .split("# at ")
+            .filter(|event| !event.contains("Binlog checkpoint"))
+            .collect::<Vec<_>>()
+            .join("# at ")
     };
     let theirs = decoded(binlog_remote(&From::Master(&m), &[skip, &pos, &file]).await);
     let ours = decoded(binlog_remote(&From::Serve(port), &[skip, &pos, &file]).await);
@@ -384,21 +402,17 @@ async fn mariadb_binlog_reads_serve_by_file_and_position_as_from_the_master() {
     }
 }
 
-/// The master's `SHOW MASTER STATUS` file and position.
-async fn master_position(m: &MariaDb) -> (String, u64) {
-    let mut c = m.conn().await.unwrap();
-    let r: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
-    (r.get(0).unwrap(), r.get(1).unwrap())
-}
-
-/// Waits until replica `t` has executed the master up to `m`'s position.
+/// Waits until replica `t` has executed the master's last transaction
+/// (by position: it does not use GTIDs).
 async fn wait_for_position(m: &MariaDb, t: &MariaDb) {
-    let (file, pos) = master_position(m).await;
+    let file = current_file(m).await;
+    let pos = last_transaction_end(m, &file).await;
     let waited = scalar(t, &format!("SELECT MASTER_POS_WAIT('{file}', {pos}, 60)")).await;
-    assert!(
-        waited != "-1" && waited != "NULL" && !waited.is_empty(),
-        "replica did not reach {file}:{pos} ({waited})"
-    );
+    if waited == "-1" || waited == "NULL" || waited.is_empty() {
+        let mut c = t.conn().await.unwrap();
+        let st: Option<mysql_async::Row> = c.query_first("SHOW SLAVE STATUS").await.unwrap();
+        panic!("replica did not reach {file}:{pos} ({waited}): {st:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -107,7 +107,21 @@ fn needs_archive(upper: &str) -> bool {
         || upper.starts_with("SHOW MASTER")
         || upper.starts_with("SHOW BINLOG STATUS")
         || upper.starts_with("SHOW BINARY")
-        || (upper.starts_with("SHOW") && upper.contains("VARIABLES"))
+        || (upper.starts_with("SHOW") && upper.contains("VARIABLES") && {
+            // Only a pattern that reaches the GTID positions: the IO
+            // thread's `SHOW VARIABLES LIKE 'SERVER_ID'` must not depend on
+            // reading the archive (a refused archive is the dump's 1236).
+            match upper
+                .split_once(" LIKE ")
+                .and_then(|(_, p)| quoted(p.trim()))
+            {
+                Some(p) => {
+                    let p = p.to_ascii_lowercase();
+                    like(&p, "gtid_binlog_pos") || like(&p, "gtid_current_pos")
+                }
+                None => true,
+            }
+        })
 }
 
 /// Answers one query (text of `COM_QUERY`).
