@@ -25,6 +25,7 @@ mod replica_source;
 mod roundtrip;
 mod row_encoder;
 mod s3;
+mod serve_clients;
 mod serve_limits;
 mod serve_tls;
 mod split;

@@ -162,6 +162,11 @@ pub(super) fn fde_for_replica(fde: &RawEvent) -> RawEvent {
     RawEvent::new(b, true).expect("a valid format description stays valid")
 }
 
+/// Where an archived event starts in the master's file.
+fn start_of(e: &RawEvent) -> u64 {
+    u64::from(e.log_pos()).saturating_sub(e.bytes().len() as u64)
+}
+
 pub(super) async fn send(pk: &mut Packets, e: &RawEvent) -> std::io::Result<()> {
     let mut p = Vec::with_capacity(e.bytes().len() + 1);
     p.push(0);
@@ -171,10 +176,6 @@ pub(super) async fn send(pk: &mut Packets, e: &RawEvent) -> std::io::Result<()> 
 
 /// Streams the archive to one replica until it goes away.
 pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io::Result<()> {
-    let want = match requested_state(req) {
-        Ok(s) => s,
-        Err(m) => return pk.err(1236, "HY000", &m).await,
-    };
     if req.capability < 4 {
         return pk
             .err(
@@ -192,10 +193,26 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             return pk.err(code, "HY000", &format!("replseed serve: {e}")).await;
         }
     };
-    let skip = match find_start(shared, &segments, &want).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(m)) => return pk.err(1236, "HY000", &m).await,
-        Err(m) => return pk.err(1236, "HY000", &m).await,
+    let (skip, at) = if req.connect_state.is_some() {
+        let want = match requested_state(req) {
+            Ok(s) => s,
+            Err(m) => return pk.err(1236, "HY000", &m).await,
+        };
+        let skip = match find_start(shared, &segments, &want).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(m)) | Err(m) => return pk.err(1236, "HY000", &m).await,
+        };
+        debug!(state = %want, "dump start found");
+        (skip, None)
+    } else {
+        match file_start(&segments, &req.dump_file, req.dump_pos) {
+            Ok(at) => (BTreeMap::new(), Some(at)),
+            Err(m) => return pk.err(1236, "HY000", &m).await,
+        }
+    };
+    let first = match &at {
+        Some(a) => a.seq,
+        None => skip.values().map(|d| d.seq).min().unwrap_or(0),
     };
     let until = match req.until.as_deref().map(GtidState::parse) {
         Some(Ok(u)) => Some(u),
@@ -206,15 +223,24 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
         }
         None => None,
     };
-    let first = skip.values().map(|d| d.seq).min().unwrap_or(0);
-    debug!(state = %want, from = first, "dump start found");
     let mut s = Stream {
         skip,
+        at,
         file: String::new(),
-        checksummed: true, // as answered to SELECT @master_binlog_checksum
+        // As the client set @master_binlog_checksum (a replica: CRC32, as
+        // answered for @@global.binlog_checksum; mariadb-binlog: NONE),
+        // until the first format description says.
+        checksummed: !req
+            .user_vars
+            .get("master_binlog_checksum")
+            .is_some_and(|v| v.eq_ignore_ascii_case("NONE")),
         sent: 0,
         until,
-        at: want.clone(),
+        reached: req
+            .connect_state
+            .as_ref()
+            .and_then(|_| requested_state(req).ok())
+            .unwrap_or_default(),
     };
     if s.until_reached(pk, shared).await? {
         return Ok(());
@@ -253,6 +279,12 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             last_sent = Instant::now();
         }
         pk.flush().await?;
+        if req.non_blocking() {
+            // BINLOG_DUMP_NON_BLOCK (mariadb-binlog without --stop-never):
+            // an EOF packet at the archive's head, as a master at its end.
+            pk.write(&[0xfe, 0, 0, 0x02, 0]).await?;
+            return pk.flush().await;
+        }
         // At the head: new segments, or a heartbeat.
         tokio::time::sleep(shared.poll).await;
         let next_seq = last.as_ref().map_or(first, |l| l.seq + 1);
@@ -276,6 +308,62 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
             last_sent = Instant::now();
         }
     }
+}
+
+/// Where a dump by file name and position starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStart {
+    /// The segment holding the first event to send (or the next segment
+    /// to come, at the archive's head).
+    pub seq: u64,
+    /// The master's file named in the first rotate.
+    pub file: String,
+    /// The position asked for: events of segment `seq` starting before it
+    /// are not sent.
+    pub pos: u64,
+}
+
+/// MariaDB's text when the file asked for is not in the binlog index.
+const NO_SUCH_FILE: &str = "Could not find first log file name in binary log index file";
+
+/// Where `file`:`pos` is in the archive (an empty `file`: its first).
+/// The archive keeps the master's positions, so a position on the master
+/// is one here; a file older than the archive, or unknown, is refused.
+pub fn file_start(segments: &[SegmentManifest], file: &str, pos: u64) -> Result<FileStart, String> {
+    let Some(oldest) = segments.first() else {
+        return Err(format!("{NO_SUCH_FILE} (the archive is empty)"));
+    };
+    if file.is_empty() {
+        return Ok(FileStart {
+            seq: oldest.seq,
+            file: oldest.master_file.clone(),
+            pos: 4,
+        });
+    }
+    let of_file: Vec<&SegmentManifest> =
+        segments.iter().filter(|s| s.master_file == file).collect();
+    let Some(last) = of_file.last() else {
+        return Err(format!(
+            "{NO_SUCH_FILE}: the archive has {} to {}, not '{file}'",
+            oldest.master_file,
+            segments.last().map_or("", |s| s.master_file.as_str())
+        ));
+    };
+    if pos > last.last_pos {
+        return Err(format!(
+            "Client requested master to start replication from impossible position; the first event '{file}' at {pos}, the last event read from '{file}' at {}, the last byte read from '{file}' at {}.",
+            last.last_pos, last.last_pos
+        ));
+    }
+    let seq = of_file
+        .iter()
+        .find(|s| s.last_pos > pos)
+        .map_or(last.seq + 1, |s| s.seq);
+    Ok(FileStart {
+        seq,
+        file: file.to_string(),
+        pos,
+    })
 }
 
 /// Where each domain of the archive starts for a replica at `want`:
@@ -385,6 +473,9 @@ pub(super) async fn load(
 struct Stream {
     /// Per domain, what of the archive the replica has: not sent.
     skip: BTreeMap<u32, DomainStart>,
+    /// A dump by file and position: where it starts, until the first
+    /// rotate is sent.
+    at: Option<FileStart>,
     /// The master file last announced with a rotate.
     file: String,
     /// Whether events made up now carry a CRC32 (the last format description's).
@@ -395,7 +486,7 @@ struct Stream {
     /// dump ends once every one of its domains is reached.
     until: Option<GtidState>,
     /// The replica's state as of what was sent.
-    at: GtidState,
+    reached: GtidState,
 }
 
 /// How a segment was sent.
@@ -436,7 +527,7 @@ impl Stream {
         let Some(until) = &self.until else {
             return Ok(false);
         };
-        if !self.at.covers(until) {
+        if !self.reached.covers(until) {
             return Ok(false);
         }
         let mut e = event::gtid_list(until, shared.server_id, self.checksummed)
@@ -463,7 +554,9 @@ impl Stream {
         self.until
             .as_ref()
             .and_then(|u| u.get(g.domain))
-            .is_some_and(|u| g.seq > u.seq && self.at.get(g.domain).is_some_and(|a| a.seq >= u.seq))
+            .is_some_and(|u| {
+                g.seq > u.seq && self.reached.get(g.domain).is_some_and(|a| a.seq >= u.seq)
+            })
     }
 
     /// Sends one segment; `Err(message)` for a reason to stop the replica.
@@ -478,17 +571,45 @@ impl Stream {
             Ok(l) => l,
             Err(m) => return Ok(Err(m)),
         };
+        // Before `from` in the master's file: the client has it.
+        let mut from = 0;
+        let mut rotate_to = (seg.master_file.clone(), 4);
+        if let Some(at) = self.at.take() {
+            if at.seq == seg.seq && at.file == seg.master_file {
+                from = at.pos;
+                let first = seg.first_pos.max(4);
+                if at.pos > first && !evs.iter().skip(2).any(|e| start_of(e) == at.pos) {
+                    return Ok(Err(format!(
+                        "Client requested master to start replication from impossible position; the first event '{}' at {}: no event starts there",
+                        at.file, at.pos
+                    )));
+                }
+            }
+            if at.file == seg.master_file {
+                rotate_to.1 = at.pos.max(4);
+            }
+        }
         // The segment's own header: its format description and GTID list.
         if seg.master_file != self.file {
-            let rotate =
-                event::fake_rotate(&seg.master_file, 4, shared.server_id, self.checksummed);
+            let rotate = event::fake_rotate(
+                &rotate_to.0,
+                rotate_to.1,
+                shared.server_id,
+                self.checksummed,
+            );
             send(pk, &rotate).await?;
-            send(pk, &fde_for_replica(&evs[0])).await?;
+            let mut fde = fde_for_replica(&evs[0]);
+            if rotate_to.1 > 4 {
+                // As a master from inside a file: the replica keeps the
+                // position it asked for.
+                fde.set_log_pos(0);
+            }
+            send(pk, &fde).await?;
             self.file = seg.master_file.clone();
             self.checksummed = crc;
         }
         let mut skipping = false;
-        for e in evs.iter().skip(2) {
+        for e in evs.iter().skip(2).filter(|e| start_of(e) >= from) {
             if e.kind() == types::GTID {
                 if self.until_reached(pk, shared).await? {
                     return Ok(Ok(Sent::UntilReached));
@@ -498,7 +619,7 @@ impl Stream {
                 if !skipping {
                     self.sent += 1;
                 }
-                self.at.apply(g);
+                self.reached.apply(g);
             }
             if skipping || (skip_replication && e.flags() & 0x8000 != 0) {
                 continue;

@@ -15,8 +15,9 @@
 //!
 //! * `limits.rs`: what a client is granted before and after logging in.
 //! * `packet.rs`: framing (bounded reads), OK/ERR/EOF and text result sets.
-//! * `session.rs`: handshake, authentication, the connect-time queries.
 //! * `tls.rs`: the TLS upgrade (certificate, key, client CA, `--require-ssl`).
+//! * `session.rs`: handshake, authentication, the commands before the dump.
+//! * `query.rs`: the general queries clients send before a dump.
 //! * `dump.rs`: `COM_BINLOG_DUMP` from the archive's segments.
 //! * `provision/`: with a snapshot, an empty replica's dump gets the
 //!   snapshot as events first.
@@ -25,6 +26,7 @@ mod dump;
 mod limits;
 mod packet;
 pub mod provision;
+mod query;
 mod request;
 mod session;
 mod tls;

@@ -177,6 +177,19 @@ impl Packets {
         columns: &[&str],
         rows: &[Vec<String>],
     ) -> std::io::Result<()> {
+        let rows: Vec<Vec<Option<String>>> = rows
+            .iter()
+            .map(|r| r.iter().cloned().map(Some).collect())
+            .collect();
+        self.result_set_nullable(columns, &rows).await
+    }
+
+    /// A text result set of string columns, `None` sent as NULL, flushed.
+    pub async fn result_set_nullable(
+        &mut self,
+        columns: &[&str],
+        rows: &[Vec<Option<String>>],
+    ) -> std::io::Result<()> {
         let mut count = Vec::new();
         put_lenenc_int(&mut count, columns.len() as u64);
         self.write(&count).await?;
@@ -200,7 +213,10 @@ impl Packets {
         for r in rows {
             let mut p = Vec::new();
             for v in r {
-                put_lenenc_str(&mut p, v.as_bytes());
+                match v {
+                    Some(v) => put_lenenc_str(&mut p, v.as_bytes()),
+                    None => p.push(0xfb),
+                }
             }
             self.write(&p).await?;
         }

@@ -16,13 +16,10 @@ use tracing::{debug, info, warn};
 use super::dump;
 use super::limits::{MAX_PACKET_AFTER_AUTH, MAX_PACKET_BEFORE_AUTH};
 use super::packet::{get_lenenc_int, is_too_large, Packets};
+use super::query::{self, VERSION};
 use super::request::Requested;
 use super::tls::{CLIENT_SSL, PLAIN_REFUSED};
 use super::Shared;
-
-/// The version a 10.11 replica needs to see to use GTIDs (`5.5.5-` is
-/// stripped by the client, the major version must be 10 or more).
-const VERSION: &str = "5.5.5-10.11.99-MariaDB-replseed";
 
 const CAPS: u32 = 0x1 // LONG_PASSWORD
     | 0x4 // LONG_FLAG
@@ -97,10 +94,6 @@ fn parse_response(p: &[u8]) -> Option<(String, Vec<u8>)> {
         p[at..at + n].to_vec()
     };
     Some((user, auth))
-}
-
-fn unquote(v: &str) -> String {
-    v.trim().trim_matches(|c| c == '\'' || c == '"').to_string()
 }
 
 /// A user name as logged: what the client sent, escaped and cut short.
@@ -276,7 +269,7 @@ async fn command(pk: &mut Packets, req: &mut Requested, shared: &Shared) -> std:
         Some((0x0e, _)) => pk.ok().await?,        // COM_PING
         Some((0x03, q)) => {
             let q = String::from_utf8_lossy(q).into_owned();
-            query(pk, &q, req, shared).await?;
+            query::answer(pk, &q, req, shared).await?;
         }
         Some((0x15, rest)) => {
             // COM_REGISTER_SLAVE: the replica's server_id.
@@ -286,102 +279,14 @@ async fn command(pk: &mut Packets, req: &mut Requested, shared: &Shared) -> std:
                 .unwrap_or(0);
             pk.ok().await?;
         }
-        Some((0x12, _)) => return Ok(Next::Dump),
+        Some((0x02, _)) => pk.ok().await?, // COM_INIT_DB: no databases to use
+        Some((0x12, rest)) => {
+            req.set_dump(rest);
+            return Ok(Next::Dump);
+        }
         _ => pk.err(1047, "08S01", "Unknown command").await?,
     }
     Ok(Next::More)
-}
-
-/// Answers one of the queries a replica's IO thread sends on connect.
-async fn query(
-    pk: &mut Packets,
-    q: &str,
-    req: &mut Requested,
-    shared: &Shared,
-) -> std::io::Result<()> {
-    let norm = q.split_whitespace().collect::<Vec<_>>().join(" ");
-    let upper = norm.to_ascii_uppercase();
-    let set_value = |name: &str| -> Option<String> {
-        let u = upper.strip_prefix("SET ")?;
-        let rest = u.strip_prefix(name)?.trim_start();
-        let rest = rest.strip_prefix('=')?;
-        let at = norm.len() - rest.len();
-        Some(norm[at..].trim().to_string())
-    };
-    if upper == "SELECT UNIX_TIMESTAMP()" {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        return pk
-            .result_set(&["UNIX_TIMESTAMP()"], &[vec![now.to_string()]])
-            .await;
-    }
-    if upper == "SHOW VARIABLES LIKE 'SERVER_ID'" {
-        return pk
-            .result_set(
-                &["Variable_name", "Value"],
-                &[vec!["server_id".into(), shared.server_id.to_string()]],
-            )
-            .await;
-    }
-    if upper.starts_with("SHOW VARIABLES LIKE") {
-        // rpl_semi_sync_master_enabled and the like: not here.
-        return pk.result_set(&["Variable_name", "Value"], &[]).await;
-    }
-    if upper == "SELECT @MASTER_BINLOG_CHECKSUM" {
-        return pk
-            .result_set(&["@master_binlog_checksum"], &[vec!["CRC32".into()]])
-            .await;
-    }
-    if upper == "SELECT @@GLOBAL.GTID_DOMAIN_ID" {
-        return pk
-            .result_set(&["@@GLOBAL.gtid_domain_id"], &[vec!["0".into()]])
-            .await;
-    }
-    if upper.starts_with("SELECT @@VERSION") {
-        return pk
-            .result_set(&["@@version"], &[vec![VERSION[6..].to_string()]])
-            .await;
-    }
-    if let Some(v) = set_value("@MASTER_HEARTBEAT_PERIOD") {
-        req.heartbeat_ns = v.parse().unwrap_or(0);
-        return pk.ok().await;
-    }
-    if let Some(v) = set_value("@MARIADB_SLAVE_CAPABILITY") {
-        req.capability = v.parse().unwrap_or(0);
-        return pk.ok().await;
-    }
-    if let Some(v) = set_value("@SLAVE_CONNECT_STATE") {
-        req.connect_state = Some(unquote(&v));
-        return pk.ok().await;
-    }
-    if let Some(v) = set_value("@SLAVE_UNTIL_GTID") {
-        req.until = Some(unquote(&v)).filter(|v| !v.is_empty());
-        return pk.ok().await;
-    }
-    if let Some(v) = set_value("@SLAVE_GTID_STRICT_MODE") {
-        req.strict = v == "1";
-        return pk.ok().await;
-    }
-    if let Some(v) = set_value("SKIP_REPLICATION") {
-        req.skip_replication = v == "1";
-        return pk.ok().await;
-    }
-    if upper.starts_with("SET ") || upper.starts_with("KILL ") {
-        // @master_binlog_checksum (answered CRC32 above),
-        // @slave_gtid_ignore_duplicates, ...
-        return pk.ok().await;
-    }
-    pk.err(
-        1064,
-        "42000",
-        &format!(
-            "replseed serve does not answer `{}`",
-            norm.chars().take(80).collect::<String>()
-        ),
-    )
-    .await
 }
 
 #[cfg(test)]

@@ -147,12 +147,7 @@ pub(crate) async fn run(
     info!(snapshot, replica = req.replica_id, position = %p.position, "snapshot sent: the archive follows");
     let then = Requested {
         connect_state: Some(p.position.to_string()),
-        capability: req.capability,
-        heartbeat_ns: req.heartbeat_ns,
-        strict: req.strict,
-        skip_replication: req.skip_replication,
-        replica_id: req.replica_id,
-        until: req.until.clone(),
+        ..req.clone()
     };
     dump::run(pk, &then, shared).await
 }
