@@ -59,7 +59,7 @@ async fn catchup_refused(
     t: &MariaDb,
     key: &str,
     before: &(String, String),
-) {
+) -> String {
     let err = replseed_fails(
         &catchup_args(stage, "s1", &m.url(), &t.url()),
         &key_env(),
@@ -72,6 +72,7 @@ async fn catchup_refused(
         before,
         "the replica changed: {err}"
     );
+    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +264,64 @@ async fn a_tampered_signed_archive_is_refused_with_nothing_applied() {
             &at_snapshot,
         )
         .await;
+        restore();
+        // 7. The same in a middle segment: its data is refused before the
+        //    genuine segments ahead of it reach the replica (the range is
+        //    verified whole before the first event is sent), by catchup and
+        //    by serve.
+        assert!(n > 3, "segment 3 is not in the middle of {n}");
+        let p = seg_file(dir.path(), 3, "bin.zst");
+        let mut b = std::fs::read(&p).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x55;
+        std::fs::write(&p, b).unwrap();
+        let key3 = ".binlog/segments/000000000003.bin.zst";
+        let err = catchup_refused(&stage, &m, &t, key3, &at_snapshot).await;
+        assert!(err.contains("SHA-256"), "{err}");
+        serve_refuses(&stage, &t, &at_snapshot, key3).await;
+        restore();
+    }
+    // 8. A forged segment inserted in the middle: the later segments moved
+    //    up one number, the forgery numbered 3, linked and digested after
+    //    segment 2 as the archiver would, with segment 2's data and
+    //    signature. The forgery's signature or the moved segments' numbers
+    //    give it away, whichever is read first.
+    {
+        for seq in (3..=n).rev() {
+            for ext in ["json", "bin.zst"] {
+                std::fs::rename(
+                    seg_file(dir.path(), seq, ext),
+                    seg_file(dir.path(), seq + 1, ext),
+                )
+                .unwrap();
+            }
+        }
+        let two = read_seg(dir.path(), 2);
+        let mut forged = two.clone();
+        forged.seq = 3;
+        forged.prev_seq = Some(2);
+        forged.prev_end_state = Some(two.end_state.clone());
+        forged.start_state = two.end_state.clone();
+        forged.prev_digest = Some(digest(&two));
+        std::fs::copy(
+            seg_file(dir.path(), 2, "bin.zst"),
+            seg_file(dir.path(), 3, "bin.zst"),
+        )
+        .unwrap();
+        write_seg(dir.path(), &forged);
+        let at_snapshot = (read_seg(dir.path(), 1).start_state, before.1.clone());
+        let err = catchup_refused(&stage, &m, &t, ".binlog/segments/", &at_snapshot).await;
+        let named =
+            (3..=n + 1).any(|seq| err.contains(&format!(".binlog/segments/{seq:012}.json")));
+        assert!(
+            named,
+            "the refusal names none of segments 3 to {}: {err}",
+            n + 1
+        );
+        assert!(
+            err.contains("signature does not match") || err.contains("renamed or reordered"),
+            "{err}"
+        );
         restore();
     }
     // No key for a signed stage: one line saying so.

@@ -191,3 +191,24 @@ pub async fn read_verified(stage: &Stage, seg: &SegmentManifest) -> Result<Vec<u
         reason: format!("decompressing it failed ({e})"),
     })?
 }
+
+/// Reads and verifies every segment of `segs` as [`read_verified`] does,
+/// one at a time and keeping none: the range a replica is about to be sent,
+/// checked whole before the first of its events leaves, so that data
+/// altered in a later segment stops the replica before it has applied any
+/// of the genuine segments ahead of it. Each segment is verified again as
+/// it is sent (it is read a second time, and may have changed meanwhile).
+pub async fn verify_ahead(stage: &Stage, segs: &[SegmentManifest]) -> Result<(), StageError> {
+    let started = Instant::now();
+    let mut bytes = 0;
+    for seg in segs {
+        bytes += read_verified(stage, seg).await?.len() as u64;
+    }
+    tracing::info!(
+        segments = segs.len(),
+        bytes,
+        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "archive verified ahead of the dump"
+    );
+    Ok(())
+}

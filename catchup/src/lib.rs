@@ -521,7 +521,13 @@ async fn run_inner(plan: &CatchupPlan, progress: &Progress) -> Result<CatchupRep
                 text(&r[0]).parse().unwrap_or(0),
                 master_id.parse().unwrap_or(0),
             );
-            let own = status.as_deref() == Some("archive");
+            // `archive`: an earlier run moved it. `done` but already past
+            // the snapshot: something else (a `serve`, another source)
+            // has been replicating it; hand it over from where it is,
+            // never rewinding it to the snapshot.
+            let pos = GtidState::parse(&text(&r[1])).unwrap_or_default();
+            let snap = GtidState::parse(&m.position.gtid).unwrap_or_default();
+            let own = status.as_deref() == Some("archive") || (pos.covers(&snap) && pos != snap);
             let links = Links {
                 master: &mut master,
                 replica: &mut replica,
