@@ -192,7 +192,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             super::wild_do_table(&m).unwrap().as_deref(),
-            Some("shop.%,crm\\_2024.%,a\\%b.%")
+            Some("shop.%,crm\\_2024.%,a\\%b.%,%.")
         );
         let mut with_accounts = m.clone();
         with_accounts.accounts = Some(replseed_stage::manifest::StagedFile {
@@ -202,7 +202,7 @@ mod tests {
             count: 1,
         });
         let f = super::wild_do_table(&with_accounts).unwrap().unwrap();
-        assert_eq!(f, "shop.%,crm\\_2024.%,a\\%b.%,mysql.%");
+        assert_eq!(f, "shop.%,crm\\_2024.%,a\\%b.%,mysql.%,%.");
         assert_eq!(super::databases(&f).len(), 3);
         assert!(super::as_set("a.%, b.%") == super::as_set("b.%,a.%"));
         assert_eq!(
