@@ -192,23 +192,52 @@ pub async fn read_verified(stage: &Stage, seg: &SegmentManifest) -> Result<Vec<u
     })?
 }
 
-/// Reads and verifies every segment of `segs` as [`read_verified`] does,
-/// one at a time and keeping none: the range a replica is about to be sent,
-/// checked whole before the first of its events leaves, so that data
-/// altered in a later segment stops the replica before it has applied any
-/// of the genuine segments ahead of it. Each segment is verified again as
-/// it is sent (it is read a second time, and may have changed meanwhile).
-pub async fn verify_ahead(stage: &Stage, segs: &[SegmentManifest]) -> Result<(), StageError> {
-    let started = Instant::now();
-    let mut bytes = 0;
-    for seg in segs {
-        bytes += read_verified(stage, seg).await?.len() as u64;
+/// Segments this process has read whole and found as their signed
+/// manifests say, by sequence number and stored SHA-256: a serve checks each
+/// once ahead of its dumps, not once per replica.
+#[derive(Debug, Default)]
+pub struct Verified(std::sync::Mutex<std::collections::HashSet<(u64, String)>>);
+
+impl Verified {
+    fn has(&self, seg: &SegmentManifest) -> bool {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(&(seg.seq, seg.sha256_stored.clone()))
     }
-    tracing::info!(
-        segments = segs.len(),
-        bytes,
-        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-        "archive verified ahead of the dump"
-    );
+
+    fn add(&self, seg: &SegmentManifest) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert((seg.seq, seg.sha256_stored.clone()));
+    }
+}
+
+/// Reads every segment of `segs` not in `done` and checks its stored bytes
+/// against its signed manifest ([`Stage::read_segment`]: size and SHA-256;
+/// what they decompress to is then fixed), one at a time and keeping none:
+/// the range a replica is about to be sent, checked whole before the first
+/// of its events leaves, so that data altered in a later segment stops the
+/// replica before it has applied any of the genuine segments ahead of it.
+/// Each segment is verified again, decompressed too, as it is sent
+/// ([`read_verified`]): it is read a second time, and may have changed
+/// meanwhile.
+pub async fn verify_ahead(
+    stage: &Stage,
+    segs: &[SegmentManifest],
+    done: &Verified,
+) -> Result<(), StageError> {
+    let started = Instant::now();
+    let (mut checked, mut bytes) = (0, 0);
+    for seg in segs.iter().filter(|s| !done.has(s)) {
+        bytes += stage.read_segment(seg).await?.len() as u64;
+        done.add(seg);
+        checked += 1;
+    }
+    if checked > 0 {
+        tracing::info!(
+            segments = checked,
+            bytes,
+            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "archive verified ahead of the dump"
+        );
+    }
     Ok(())
 }

@@ -249,7 +249,7 @@ pub async fn run(pk: &mut Packets, req: &Requested, shared: &Shared) -> std::io:
     let mut pending: Vec<SegmentManifest> =
         segments.into_iter().filter(|m| m.seq >= first).collect();
     // The whole range to the head verified before the first event is sent.
-    if let Err(e) = crate::segment::verify_ahead(&shared.stage, &pending).await {
+    if let Err(e) = crate::segment::verify_ahead(&shared.stage, &pending, &shared.verified).await {
         warn!("stopping a replica: {e}");
         let code = if refused(&e) { 1236 } else { 1105 };
         return pk.err(code, "HY000", &format!("replseed serve: {e}")).await;

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     logins: Logins,
     tls: Option<ServeTls>,
     provision: Option<Arc<provision::Provision>>,
+    /// Segments already checked ahead of a dump (`segment::verify_ahead`).
+    verified: crate::segment::Verified,
 }
 
 /// A running binlog server; dropping it stops it.
@@ -128,6 +130,7 @@ pub async fn start(plan: ServePlan, listen: &str) -> std::io::Result<Serving> {
         limits: plan.limits,
         tls: plan.tls,
         provision: plan.provision,
+        verified: Default::default(),
     });
     info!(%addr, tls = shared.tls.is_some(), "serving the binlog archive");
     let ids = Arc::new(AtomicU32::new(1));
