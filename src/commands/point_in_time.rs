@@ -99,20 +99,7 @@ pub async fn provision(a: ProvisionArgs, point: Point, bars: bool) -> Result<Exi
     let h = Arc::new(h);
     let mut tasks = Vec::new();
     for t in &targets {
-        let lplan = super::load::plan(
-            t,
-            super::credentials::stage(&a.stage.stage)?,
-            m.clone(),
-            &a.opts,
-        )?;
-        let cplan = replicate::catchup_plan(
-            &source,
-            t,
-            m.clone(),
-            &a.replication,
-            &no_login(),
-            &a.stage.stage,
-        )?;
+        let (lplan, cplan) = replicate::target_plans(&a, &source, t, &m, &no_login())?;
         let (point, at, h) = (point.clone(), at.clone(), h.clone());
         tasks.push(tokio::spawn(async move {
             let l = super::load::load(lplan, bars && !many).await?;

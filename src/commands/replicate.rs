@@ -38,6 +38,32 @@ fn replication_login(
     Ok(login)
 }
 
+/// What `provision` of a published snapshot does to one target: its load,
+/// then its catch-up.
+pub(super) fn target_plans(
+    a: &ProvisionArgs,
+    source: &Server,
+    target: &str,
+    m: &Arc<Manifest>,
+    login: &(String, secrecy::SecretString),
+) -> Result<(replseed_load::LoadPlan, CatchupPlan)> {
+    let lplan = super::load::plan(
+        target,
+        super::credentials::stage(&a.stage.stage)?,
+        m.clone(),
+        &a.opts,
+    )?;
+    let cplan = catchup_plan(
+        source,
+        target,
+        m.clone(),
+        &a.replication,
+        login,
+        &a.stage.stage,
+    )?;
+    Ok((lplan, cplan))
+}
+
 pub(super) fn catchup_plan(
     source: &Server,
     target: &str,
@@ -190,20 +216,7 @@ pub async fn provision(a: ProvisionArgs, bars: bool) -> Result<ExitCode> {
                 m.snapshot, m.position.gtid
             );
             for t in &targets {
-                let lplan = super::load::plan(
-                    t,
-                    super::credentials::stage(&a.stage.stage)?,
-                    m.clone(),
-                    &a.opts,
-                )?;
-                let cplan = catchup_plan(
-                    &source,
-                    t,
-                    m.clone(),
-                    &a.replication,
-                    &login,
-                    &a.stage.stage,
-                )?;
+                let (lplan, cplan) = target_plans(&a, &source, t, &m, &login)?;
                 tasks.push(tokio::spawn(async move {
                     let l = super::load::load(lplan, bars && !many).await?;
                     let c = catchup_one(cplan, bars && !many).await?;
