@@ -33,7 +33,7 @@
 //! with `keep`). They run on every replica, and one about a database the
 //! replica lacks stops it (ERROR 1049). So a subset replica holds every
 //! database of the master with its routines and events and no table
-//! ([`Database::outside_subset`](replseed_stage::manifest::Database)), and
+//! ([`Manifest::outside_subset`](replseed_stage::Manifest::outside_subset)), and
 //! the filter ends with `%.`: a replica checks `CREATE/ALTER/DROP
 //! DATABASE d` against the patterns as `d.` (`Rpl_filter::db_ok_with_wild_table`),
 //! which `%.` matches and no table `d.t` does, so databases created later

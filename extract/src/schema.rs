@@ -96,7 +96,7 @@ pub async fn databases(
 
 /// Reads the databases to copy with every object, and, for a subset
 /// (`wanted`), the other databases' definitions with their routines and
-/// events only ([`Database::outside_subset`]).
+/// events only ([`Manifest::outside_subset`](replseed_stage::Manifest::outside_subset)).
 pub async fn read_all(
     conn: &mut Conn,
     server: &Server,
@@ -118,7 +118,6 @@ pub async fn read_all(
             let mut d = definition(conn, server, &db).await?;
             d.routines = objects::routines(conn, server, &db).await?;
             d.events = objects::events(conn, server, &db).await?;
-            d.outside_subset = true;
             out.push(d);
         }
     }
@@ -202,6 +201,5 @@ async fn definition(conn: &mut Conn, server: &Server, db: &str) -> Result<Databa
         triggers: Vec::new(),
         routines: Vec::new(),
         events: Vec::new(),
-        outside_subset: false,
     })
 }

@@ -377,7 +377,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                         "triggers": d.triggers.len(),
                         "routines": d.routines.len(),
                         "events": d.events.len(),
-                        "outside_subset": d.outside_subset,
+                        "outside_subset": m.outside_subset(d),
                     })).collect::<Vec<_>>(),
                     "tables": tables,
                 }));
@@ -412,7 +412,7 @@ async fn snapshots(cmd: SnapshotsCommand) -> Result<ExitCode> {
                     println!(
                         "database {}: {} tables, {} views, {} sequences, {} triggers, {} routines, {} events{}",
                         d.name, d.tables.len(), d.views.len(), d.sequences.len(), d.triggers.len(), d.routines.len(), d.events.len(),
-                        if d.outside_subset { " (outside the subset)" } else { "" }
+                        if m.outside_subset(d) { " (outside the subset)" } else { "" }
                     );
                     for t in &d.tables {
                         println!(

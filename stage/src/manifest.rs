@@ -186,13 +186,6 @@ pub struct Database {
     pub routines: Vec<Object>,
     /// Events.
     pub events: Vec<Object>,
-    /// A database outside a subset (`--databases`): only its definition,
-    /// routines and events are staged, no tables, views, triggers or
-    /// sequences. A subset replica holds it so that the statements the
-    /// master logs about its routines, events and itself apply: MariaDB's
-    /// table filters pass them by (see catchup's `filters.rs`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub outside_subset: bool,
 }
 
 /// A schema object created from its DDL.
@@ -330,6 +323,16 @@ impl Object {
 }
 
 impl Manifest {
+    /// Whether `d` is a database outside the subset (`--databases`): only its
+    /// definition, routines and events are staged, no tables, views,
+    /// triggers or sequences. A subset replica holds it so that the
+    /// statements the master logs about its routines, events and itself
+    /// apply: MariaDB's table filters pass them by (see catchup's
+    /// `filters.rs`).
+    pub fn outside_subset(&self, d: &Database) -> bool {
+        self.subset.as_ref().is_some_and(|s| !s.contains(&d.name))
+    }
+
     /// Iterates over every table of every database.
     pub fn tables(&self) -> impl Iterator<Item = (&Database, &Table)> {
         self.databases
