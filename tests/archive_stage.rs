@@ -8,17 +8,6 @@ fn seqs(segs: &[serde_json::Value]) -> Vec<u64> {
     segs.iter().map(|s| s["seq"].as_u64().unwrap()).collect()
 }
 
-/// The sequence number of domain 0 in a GTID state (every write here is in
-/// domain 0).
-fn d0(state: &str) -> u64 {
-    state
-        .split(',')
-        .map(str::trim)
-        .find(|g| g.starts_with("0-"))
-        .map(|g| g.rsplit('-').next().unwrap().parse().unwrap())
-        .unwrap_or_else(|| panic!("no domain 0 in '{state}'"))
-}
-
 async fn writes(m: &MariaDb, base: u64) {
     exec(
         m,

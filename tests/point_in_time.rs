@@ -9,17 +9,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// The sequence number of domain 0 in a GTID state (every write here is in
-/// domain 0).
-fn d0(state: &str) -> u64 {
-    state
-        .split(',')
-        .map(str::trim)
-        .find(|g| g.starts_with("0-"))
-        .map(|g| g.rsplit('-').next().unwrap().parse().unwrap())
-        .unwrap_or_else(|| panic!("no domain 0 in '{state}'"))
-}
-
 async fn slave_status_rows(t: &MariaDb) -> usize {
     use mysql_async::prelude::Queryable;
     let mut c = t.conn().await.unwrap();

@@ -646,3 +646,14 @@ pub async fn serve_on_a_free_port_with(
     }
     panic!("serve could not listen on any of 5 free ports");
 }
+
+/// The sequence number of domain 0 in a GTID state (the tests' masters write
+/// in domain 0 only).
+pub fn d0(state: &str) -> u64 {
+    state
+        .split(',')
+        .map(str::trim)
+        .find(|g| g.starts_with("0-"))
+        .map(|g| g.rsplit('-').next().unwrap().parse().unwrap())
+        .unwrap_or_else(|| panic!("no domain 0 in '{state}'"))
+}
