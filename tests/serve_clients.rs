@@ -226,6 +226,23 @@ async fn a_query_serve_cannot_answer_gets_an_error_and_the_session_goes_on() {
             other => panic!("`{sql}` answered {other:?}"),
         }
     }
+    // Variables are kept per session, and bounded: a client cannot make
+    // serve hold an unbounded number of 64 KiB values.
+    let big = "z".repeat(60_000);
+    let mut refused_at = None;
+    for i in 0..300 {
+        match c.query_drop(format!("SET @v{i} = '{big}'")).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) => {
+                assert_eq!(e.code, 1105, "{e}");
+                assert!(e.message.contains("at most 256 variables"), "{e}");
+                refused_at = Some(i);
+                break;
+            }
+            Err(e) => panic!("SET @v{i}: {e}"),
+        }
+    }
+    assert_eq!(refused_at, Some(256), "the SET beyond the limit is refused");
     c.ping().await.expect("COM_PING after an error");
     let v: Option<String> = c.query_first("SELECT VERSION()").await.unwrap();
     assert!(v.unwrap().starts_with("10.11."));

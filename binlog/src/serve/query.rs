@@ -52,6 +52,11 @@ impl Archive {
 /// A query's failure: the ERR packet's code, SQLSTATE and message.
 struct Refusal(u16, &'static str, String);
 
+/// Variables one session may set (a replica's IO thread sets about ten,
+/// mariadb-binlog fewer): beyond it a `SET` is refused, so that a client
+/// cannot grow serve's memory without bound, one 64 KiB value at a time.
+const MAX_VARIABLES: usize = 256;
+
 fn unanswered(q: &str) -> Refusal {
     Refusal(
         1064,
@@ -408,6 +413,21 @@ fn set(
         } else {
             return Err(unanswered(a));
         }
+    }
+    let new = user
+        .iter()
+        .filter(|(n, _)| !req.user_vars.contains_key(&n.to_ascii_lowercase()))
+        .count()
+        + session
+            .iter()
+            .filter(|(n, _)| !req.session_vars.contains_key(n))
+            .count();
+    if req.user_vars.len() + req.session_vars.len() + new > MAX_VARIABLES {
+        return Err(Refusal(
+            1105,
+            "HY000",
+            format!("replseed serve keeps at most {MAX_VARIABLES} variables per session"),
+        ));
     }
     for (name, v) in user {
         req.set_user_var(&name, &v);
