@@ -407,7 +407,7 @@ fn set(
             }
             session.push((name, v));
         } else if let Some(name) = lhs.strip_prefix('@') {
-            user.push((name.trim_matches('`').to_string(), v));
+            user.push((name.trim_matches('`').to_ascii_lowercase(), v));
         } else if lhs.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !lhs.is_empty() {
             session.push((lhs.to_ascii_lowercase(), v));
         } else {
@@ -416,7 +416,7 @@ fn set(
     }
     let new = user
         .iter()
-        .filter(|(n, _)| !req.user_vars.contains_key(&n.to_ascii_lowercase()))
+        .filter(|(n, _)| !req.user_vars.contains_key(n))
         .count()
         + session
             .iter()
